@@ -1,0 +1,121 @@
+"""Hyperparameter handling: validation at construction, casting at use.
+
+Optimisers.jl stores hyperparameters as given and converts them to the
+parameter's element type ``T`` inside ``apply!`` (reference/optimisers.md
+§1.2). We do the same: :func:`cast` rounds a Python float to the nearest value
+representable in a torch dtype and returns it as a Python float, so that torch
+receives a scalar it converts to ``T`` exactly. Scalar sub-expressions that
+Julia evaluates in ``T`` (``1 - β1``, ``βt .* β``) are computed in float64 and
+rounded once with :func:`cast`; for +, -, *, / and sqrt this equals the
+correctly rounded ``T`` result because float64 carries more than 2p+2 bits of
+every narrower float format (the classic double-rounding theorem).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from numbers import Real
+from typing import Any
+
+import torch
+
+from fluxtrain.errors import DomainError
+
+__all__ = [
+    "cast",
+    "eps_for",
+    "real_dtype",
+    "check_real",
+    "check_tuple",
+    "check_bool",
+    "check_nonneg_eta",
+]
+
+_COMPLEX_TO_REAL = {
+    torch.complex32: torch.float16,
+    torch.complex64: torch.float32,
+    torch.complex128: torch.float64,
+}
+
+
+def real_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The real dtype hyperparameters are rounded to for parameters of ``dtype``."""
+    return _COMPLEX_TO_REAL.get(dtype, dtype)
+
+
+@functools.lru_cache(maxsize=8192)
+def _cast_cached(value: float, dtype: torch.dtype) -> float:
+    return float(torch.tensor(value, dtype=dtype).item())
+
+
+def cast(value: float, dtype: torch.dtype) -> float:
+    """Round ``value`` to ``dtype`` (its real part type) and return a Python float.
+
+    >>> import torch
+    >>> cast(0.1, torch.float32)
+    0.10000000149011612
+    >>> cast(0.1, torch.float64)
+    0.1
+    """
+    dtype = real_dtype(dtype)
+    if dtype is torch.float64:
+        return float(value)
+    return _cast_cached(float(value), dtype)
+
+
+def eps_for(dtype: torch.dtype, epsilon: float) -> float:
+    """Optimisers.jl's ``_eps(T, e)``: epsilon in ``T``, floored for float16.
+
+    For float16, ``0`` stays ``0`` and anything else becomes at least
+    ``Float16(1e-7)`` (a subnormal, about 1.192e-7) so that the default 1e-8
+    does not underflow to zero.
+    """
+    rdtype = real_dtype(dtype)
+    if rdtype is torch.float16:
+        if epsilon == 0:
+            return 0.0
+        return max(cast(1e-7, torch.float16), cast(epsilon, torch.float16))
+    return cast(epsilon, rdtype)
+
+
+def check_real(name: str, rule: str, value: Any) -> float:
+    """Validate a real hyperparameter and return it as a float."""
+    if isinstance(value, bool) or not isinstance(value, Real):
+        if isinstance(value, complex):
+            raise TypeError(
+                f"{rule}: {name}={value!r} is complex; hyperparameters must be real numbers"
+            )
+        raise TypeError(
+            f"{rule}: {name}={value!r} is not a number "
+            f"(got {type(value).__name__}); pass a float such as {name}=0.001"
+        )
+    out = float(value)
+    if math.isnan(out):
+        raise ValueError(f"{rule}: {name} is NaN; pass a finite number")
+    return out
+
+
+def check_tuple(name: str, rule: str, value: Any, length: int) -> tuple[float, ...]:
+    """Validate a tuple hyperparameter (``beta``, ``ell``, ``gamma``)."""
+    if not isinstance(value, tuple):
+        raise TypeError(
+            f"{rule}: {name}={value!r} is not a tuple; pass a tuple of {length} numbers, "
+            f"e.g. {name}=(0.9, 0.999)"
+        )
+    if len(value) != length:
+        raise ValueError(
+            f"{rule}: {name} must have {length} elements, got {len(value)}: {value!r}"
+        )
+    return tuple(check_real(f"{name}[{i}]", rule, v) for i, v in enumerate(value))
+
+
+def check_bool(name: str, rule: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{rule}: {name}={value!r} must be True or False")
+    return value
+
+
+def check_nonneg_eta(rule: str, eta: float) -> None:
+    if eta < 0:
+        raise DomainError(f"{rule}: the learning rate cannot be negative (got eta={eta!r})")

@@ -1,0 +1,55 @@
+"""Exceptions and warnings shared by every layer of fluxtrain."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+__all__ = ["DomainError", "FluxDeprecationWarning", "reset_deprecation_sites", "warn_deprecated"]
+
+
+class DomainError(ValueError):
+    """A value outside the domain a function accepts.
+
+    Julia's ``DomainError``: raised for a negative learning rate, a non-finite
+    loss during ``train_``, or a non-finite gradient norm in ``ClipNorm``.
+
+    >>> from fluxtrain.errors import DomainError
+    >>> issubclass(DomainError, ValueError)
+    True
+    """
+
+
+class FluxDeprecationWarning(DeprecationWarning):
+    """Warns about an implicit-era (Flux 0.13) construct and names its replacement.
+
+    Every message names the explicit-style replacement and mentions
+    ``fluxtrain-migrate``, the codemod that rewrites old scripts.
+    """
+
+
+# Call sites (filename, lineno, message key) that have already been warned.
+_warned_sites: set[tuple[str, int, str]] = set()
+
+
+def warn_deprecated(message: str, *, stacklevel: int = 2, key: str | None = None) -> None:
+    """Issue a :class:`FluxDeprecationWarning` once per call site.
+
+    ``stacklevel`` counts like :func:`warnings.warn`'s: 2 points at the caller of
+    the function that calls ``warn_deprecated``. ``key`` distinguishes different
+    warnings issued from the same line (defaults to the message).
+    """
+    try:
+        frame = sys._getframe(stacklevel)
+        site = (frame.f_code.co_filename, frame.f_lineno, key or message)
+    except ValueError:  # stack shallower than stacklevel
+        site = ("<unknown>", 0, key or message)
+    if site in _warned_sites:
+        return
+    _warned_sites.add(site)
+    warnings.warn(message, FluxDeprecationWarning, stacklevel=stacklevel + 1)
+
+
+def reset_deprecation_sites() -> None:
+    """Forget which call sites have been warned (for tests and notebooks)."""
+    _warned_sites.clear()
