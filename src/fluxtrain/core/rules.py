@@ -12,7 +12,6 @@ evaluates them in ``T``.
 from __future__ import annotations
 
 import dataclasses
-
 from typing import Any, NamedTuple
 
 import torch

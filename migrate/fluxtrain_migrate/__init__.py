@@ -1,0 +1,1 @@
+"""fluxtrain-migrate: rewrite implicit-style fluxtrain scripts into the explicit style."""

@@ -1,0 +1,52 @@
+"""fluxtrain: Flux.jl's training API for PyTorch tensors, in both styles.
+
+Explicit style (Flux 0.13.9+ / Optimisers.jl)::
+
+    opt_state = fluxtrain.setup(fluxtrain.optimisers.Adam(1e-3), model)
+    fluxtrain.train_(loss, model, data, opt_state)
+
+Implicit style (Flux 0.13, deprecated, kept so old scripts run)::
+
+    ps = fluxtrain.params(model)
+    fluxtrain.train_(loss, ps, data, fluxtrain.Adam(1e-3), cb=fluxtrain.throttle(f, 10))
+
+``fluxtrain-migrate`` rewrites the second into the first.
+"""
+
+from fluxtrain import optimise, optimisers
+from fluxtrain.dispatch import gradient, train_, update_, withgradient
+from fluxtrain.errors import DomainError, FluxDeprecationWarning
+from fluxtrain.explicit import setup
+from fluxtrain.implicit.callbacks import epochs, skip, stop, throttle
+from fluxtrain.implicit.params import Grads, Params, params
+from fluxtrain.optimise import *  # noqa: F403
+from fluxtrain.optimise import __all__ as _old_optimisers
+from fluxtrain.optimisers import Leaf, adjust, adjust_, freeze_, thaw_, trainables
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "optimise",
+    "optimisers",
+    "setup",
+    "train_",
+    "update_",
+    "gradient",
+    "withgradient",
+    "params",
+    "Params",
+    "Grads",
+    "throttle",
+    "stop",
+    "skip",
+    "epochs",
+    "adjust",
+    "adjust_",
+    "freeze_",
+    "thaw_",
+    "trainables",
+    "Leaf",
+    "DomainError",
+    "FluxDeprecationWarning",
+    *_old_optimisers,
+]

@@ -1,0 +1,1 @@
+"""Implicit-era (Flux 0.13) parameters, gradients and training loop."""

@@ -1,0 +1,23 @@
+"""Layer 2: the explicit tree API of Optimisers.jl (setup, update, adjust, freeze)."""
+
+from fluxtrain.core.base import AbstractRule
+from fluxtrain.core.rules import *  # noqa: F403
+from fluxtrain.core.rules import __all__ as _rules_all
+from fluxtrain.optimisers.adjust import adjust, adjust_, freeze_, thaw_
+from fluxtrain.optimisers.interface import setup, update, update_
+from fluxtrain.optimisers.leaf import Leaf
+from fluxtrain.optimisers.trainables import trainables
+
+__all__ = [
+    "AbstractRule",
+    *_rules_all,
+    "Leaf",
+    "setup",
+    "update",
+    "update_",
+    "adjust",
+    "adjust_",
+    "freeze_",
+    "thaw_",
+    "trainables",
+]

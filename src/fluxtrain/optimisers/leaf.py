@@ -1,0 +1,5 @@
+"""Stub: to be written (see docs/ARCHITECTURE.md)."""
+
+
+class Leaf:
+    pass
