@@ -97,7 +97,7 @@ class AbstractRule:
                 continue
             object.__setattr__(self, f.name, new)
         if any(f.name == "eta" for f in dataclasses.fields(self)):  # type: ignore[arg-type]
-            hyper.check_nonneg_eta(name, self.eta)
+            hyper.check_nonneg_eta(name, self.eta)  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ protocol
     def init(self, x: torch.Tensor) -> State:
