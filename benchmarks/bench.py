@@ -1,0 +1,284 @@
+"""Side-by-side speed measurements: fluxtrain against torch.optim, in one run.
+
+Run ``.venv/bin/python benchmarks/bench.py`` (``--quick`` for a smoke run). It
+prints a table of medians (ms per step) with ratios and writes it to
+``benchmarks/RESULTS.md``.
+
+Method (after ../shared/reference/speed-anchors.md): only the timed operation
+is inside the timer; gradients are pre-filled and state is allocated in
+untimed warm-up steps; all rows of a case are sampled round-robin over several
+rounds so that a slow spell of the shared host lands on every row alike; the
+statistic is the median. The bandwidth bound is the bytes a step must move
+(28 B/element for Adam, 20 for SGD-momentum) divided by the in-place triad
+bandwidth ``a.add_(b, alpha=...)`` measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import fluxtrain
+from fluxtrain import optimisers as O
+
+Row = tuple[str, Callable[[], object]]
+
+
+# ---------------------------------------------------------------- timing
+def measure(rows: list[Row], rounds: int, min_time: float) -> dict[str, float]:
+    """Median ms per call of every row, sampled round-robin across rounds."""
+    samples: dict[str, list[float]] = {name: [] for name, _ in rows}
+    gc.collect()
+    gc.freeze()
+    try:
+        for r in range(rounds):
+            order = rows if r % 2 == 0 else list(reversed(rows))
+            for name, fn in order:
+                fn()  # untimed warm-up call
+                t_end = time.perf_counter() + min_time
+                n = 0
+                while n < 2 or time.perf_counter() < t_end:
+                    t0 = time.perf_counter()
+                    fn()
+                    samples[name].append((time.perf_counter() - t0) * 1e3)
+                    n += 1
+    finally:
+        gc.unfreeze()
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def triad_bound_ms(numel_per_step: int, bytes_per_elem: int, rounds: int, min_time: float) -> float:
+    """ms a step must take at the measured in-place triad bandwidth."""
+    n = 1 << 24
+    a, b = torch.rand(n), torch.rand(n)
+    ms = measure([("triad", lambda: a.add_(b, alpha=1e-9))], rounds, min_time)["triad"]
+    bandwidth = 12 * n / (ms / 1e3)  # bytes per second
+    return numel_per_step * bytes_per_elem / bandwidth * 1e3
+
+
+# ---------------------------------------------------------------- cases
+def case_one_big(scale: float) -> list[torch.Tensor]:
+    return [torch.randn(int((1 << 24) * scale))]
+
+
+def case_many_small(scale: float) -> list[torch.Tensor]:
+    return [torch.randn(4096) for _ in range(max(1, int(2000 * scale)))]
+
+
+def case_mix(scale: float) -> list[torch.Tensor]:
+    layers: list[nn.Module] = []
+    widths = [32, 64, 128, 192]
+    c_in = 3
+    for i in range(max(4, int(64 * scale))):
+        c_out = widths[min(i * len(widths) // max(4, int(64 * scale)), len(widths) - 1)]
+        layers += [nn.Conv2d(c_in, c_out, 3, bias=False), nn.BatchNorm2d(c_out)]
+        c_in = c_out
+    layers += [nn.Linear(192, 1536), nn.Linear(1536, 1024), nn.Linear(1024, 10)]
+    return [p.detach().clone() for p in nn.Sequential(*layers).parameters()]
+
+
+def case_small_model(scale: float) -> list[torch.Tensor]:
+    # 20 tensors, about 50k parameters: per-call overhead dominates.
+    sizes = [(64, 64), (64,)] * 10
+    return [torch.randn(s) for s in sizes]
+
+
+CASES = {
+    "1 x 16.8M": case_one_big,
+    "2000 x 4096": case_many_small,
+    "MLP/conv mix": case_mix,
+    "small model (20 tensors)": case_small_model,
+}
+
+
+# ---------------------------------------------------------------- rows
+def optimiser_rows(tensors: list[torch.Tensor]) -> list[Row]:
+    """torch.optim (foreach, fused) and fluxtrain explicit/implicit update_ rows."""
+    rows: list[Row] = []
+
+    def torch_row(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]) -> Callable[[], object]:
+        ps = [t.clone().requires_grad_(True) for t in tensors]
+        for p in ps:
+            p.grad = torch.randn_like(p) * 1e-3
+        opt = make(ps)
+        return opt.step
+
+    def explicit_row(rule: O.AbstractRule) -> Callable[[], object]:
+        model = [t.clone() for t in tensors]
+        grads = [torch.randn_like(t) * 1e-3 for t in tensors]
+        state = O.setup(rule, model)
+        return lambda: O.update_(state, model, grads)
+
+    def implicit_row(opt: object) -> Callable[[], object]:
+        model = [t.clone() for t in tensors]
+        ps = fluxtrain.Params(model)
+        gs = fluxtrain.Grads({id(p): torch.randn_like(p) * 1e-3 for p in model}, ps)
+        return lambda: fluxtrain.update_(opt, ps, gs)
+
+    rows.append(("torch Adam foreach", torch_row(lambda ps: torch.optim.Adam(ps, foreach=True))))
+    rows.append(("torch Adam fused", torch_row(lambda ps: torch.optim.Adam(ps, fused=True))))
+    rows.append(("fluxtrain Adam explicit", explicit_row(O.Adam())))
+    rows.append(("fluxtrain Adam implicit", implicit_row(fluxtrain.optimise.Adam())))
+    rows.append(
+        (
+            "torch SGD-m foreach",
+            torch_row(lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, foreach=True)),
+        )
+    )
+    rows.append(
+        (
+            "torch SGD-m fused",
+            torch_row(lambda ps: torch.optim.SGD(ps, lr=0.01, momentum=0.9, fused=True)),
+        )
+    )
+    rows.append(("fluxtrain Momentum explicit", explicit_row(O.Momentum())))
+    rows.append(("fluxtrain Momentum implicit", implicit_row(fluxtrain.optimise.Momentum())))
+    return rows
+
+
+def safe_rows(make_rows: Callable[[], list[Row]]) -> list[Row]:
+    """Keep the rows that can be built and run once; report the others."""
+    out: list[Row] = []
+    for name, fn in make_rows():
+        try:
+            fn()
+        except Exception as exc:  # a row that cannot run is reported, not fatal
+            print(f"  skipped {name}: {type(exc).__name__}: {exc}", file=sys.stderr)
+            continue
+        out.append((name, fn))
+    return out
+
+
+def train_rows(scale: float) -> list[Row]:
+    """Explicit train_ vs a hand-written torch loop; gradient() vs backward + .grad."""
+    torch.manual_seed(0)
+    n_items = max(2, int(20 * scale))
+    data = [(torch.randn(64, 32), torch.randn(64, 1)) for _ in range(n_items)]
+
+    def make_model() -> nn.Module:
+        torch.manual_seed(1)
+        return nn.Sequential(nn.Linear(32, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                             nn.Linear(256, 1))
+
+    def loss_fn(m: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return ((m(x) - y) ** 2).mean()
+
+    m1 = make_model()
+    state = fluxtrain.setup(O.Adam(1e-4), m1)
+
+    def run_train() -> None:
+        fluxtrain.train_(loss_fn, m1, data, state, progress=False)
+
+    m2 = make_model()
+    opt = torch.optim.Adam(m2.parameters(), lr=1e-4, foreach=True)
+
+    def run_hand() -> None:
+        for x, y in data:
+            opt.zero_grad(set_to_none=True)
+            loss_fn(m2, x, y).backward()
+            opt.step()
+
+    m3 = make_model()
+    x0, y0 = data[0]
+
+    def run_gradient() -> None:
+        fluxtrain.gradient(lambda m: loss_fn(m, x0, y0), m3)
+
+    def run_backward() -> None:
+        for p in m3.parameters():
+            p.grad = None
+        loss_fn(m3, x0, y0).backward()
+        [p.grad for p in m3.parameters()]
+
+    return [
+        ("explicit train_ (MLP, 1 epoch)", run_train),
+        ("hand-written torch loop", run_hand),
+        ("fluxtrain gradient()", run_gradient),
+        ("loss.backward() + .grad", run_backward),
+    ]
+
+
+def codemod_rows() -> list[Row]:
+    """Time of the codemod over every old-style example script."""
+    from fluxtrain_migrate import api  # type: ignore[attr-defined]
+
+    files = sorted(Path(__file__).resolve().parent.parent.joinpath("examples").glob("*.py"))
+    sources = [f.read_text() for f in files]
+    return [(f"codemod, {len(files)} example scripts", lambda: [api.migrate_source(s) for s in sources])]
+
+
+# ---------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes, one round (smoke test)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    ap.add_argument("--output", default=str(Path(__file__).with_name("RESULTS.md")))
+    args = ap.parse_args(argv)
+    warnings.simplefilter("ignore", DeprecationWarning)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    scale, rounds, min_time = (0.05, 1, 0.02) if args.quick else (1.0, 3, 0.1)
+
+    lines = [
+        "# Benchmark results",
+        "",
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{'quick' if args.quick else 'full'} run, medians in ms per step "
+        "(ratios are what to compare: the host is shared).",
+        "",
+    ]
+    for case, make in CASES.items():
+        torch.manual_seed(0)
+        tensors = make(scale)
+        numel = sum(t.numel() for t in tensors)
+        print(f"case {case}: {len(tensors)} tensors, {numel} elements", file=sys.stderr)
+        rows = safe_rows(lambda: optimiser_rows(tensors))
+        res = measure(rows, rounds, min_time)
+        adam_bound = triad_bound_ms(numel, 28, rounds, min_time)
+        sgd_bound = triad_bound_ms(numel, 20, rounds, min_time)
+        lines += [f"## {case} ({len(tensors)} tensors, {numel:,} elements)", "",
+                  "| row | ms | vs torch fused | vs torch foreach | vs bound |", "|---|---|---|---|---|"]
+        for name, ms in res.items():
+            family = "Adam" if "Adam" in name else "SGD-m" if ("SGD" in name or "Momentum" in name) else ""
+            fused = res.get(f"torch {family} fused") if family else None
+            foreach = res.get(f"torch {family} foreach") if family else None
+            bound = adam_bound if family == "Adam" else sgd_bound
+            lines.append(
+                f"| {name} | {ms:.3f} | {ms / fused:.2f} | {ms / foreach:.2f} | {ms / bound:.2f} |"
+                if fused and foreach else f"| {name} | {ms:.3f} | | | |"
+            )
+        lines += ["", f"Bandwidth bound: Adam {adam_bound:.3f} ms, SGD-momentum {sgd_bound:.3f} ms.", ""]
+        del tensors, rows
+
+    res = measure(safe_rows(lambda: train_rows(scale)), rounds, min_time)
+    lines += ["## Training loop and gradients", "", "| row | ms | ratio |", "|---|---|---|"]
+    pairs = [("explicit train_ (MLP, 1 epoch)", "hand-written torch loop"),
+             ("fluxtrain gradient()", "loss.backward() + .grad")]
+    for ours, theirs in pairs:
+        if ours in res and theirs in res:
+            lines.append(f"| {ours} | {res[ours]:.3f} | {res[ours] / res[theirs]:.2f} |")
+            lines.append(f"| {theirs} | {res[theirs]:.3f} | 1.00 |")
+    try:
+        cres = measure(safe_rows(codemod_rows), 1, min_time)
+        lines += ["", "## Codemod", "", "| row | ms |", "|---|---|"]
+        lines += [f"| {k} | {v:.1f} |" for k, v in cres.items()]
+    except Exception as exc:
+        print(f"  skipped codemod rows: {type(exc).__name__}: {exc}", file=sys.stderr)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.quick:
+        Path(args.output).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
