@@ -50,3 +50,5 @@ __all__ = [
     "FluxDeprecationWarning",
     *_old_optimisers,
 ]
+
+import fluxtrain.seeding  # noqa: E402,F401  (FLUXTRAIN_SEED set: seed random/numpy/torch now)
