@@ -1,0 +1,780 @@
+"""``fluxtrain-migrate compare OLD.py NEW.py [-- ARGS...]``: run two scripts side by side.
+
+Both scripts run in subprocesses (``sys.executable``, working directory the
+script's own folder, the same ARGS) with the same seed-relevant environment:
+
+* ``PYTHONHASHSEED`` and ``FLUXTRAIN_SEED`` set to the seed (``--seed``, default 0):
+  ``import fluxtrain`` then seeds ``random``, numpy and torch (see
+  :mod:`fluxtrain.seeding`), so initial weights, shuffles and dropout masks agree;
+* ``FLUXTRAIN_TRACE`` pointing at a fresh temporary file for each, with
+  ``FLUXTRAIN_TRACE_VALUES=1`` so that parameter values are at hand to measure a
+  difference (and ``FLUXTRAIN_TRACE_MAX_STEPS`` with ``--max-steps``).
+
+Every optimisation step either script takes through fluxtrain's ``train_`` or
+``update_`` appends one record to its trace (see :mod:`fluxtrain.trace`): the
+loss where known and a fingerprint of every trainable parameter after the step.
+The traces are then compared step by step.
+
+Verdicts and exit status:
+
+* ``0`` identical: same number of steps and every parameter equal at every step
+  (bit for bit with the default ``--tolerance 0``; otherwise every element
+  within ``tol * (1 + |old|)``); losses are compared where both scripts know them;
+* ``1`` diverged: the first differing step, which parameters differ and by how
+  much (maximum absolute and relative difference, number of differing elements),
+  or that one script took fewer steps than the other;
+* ``2`` could not run: a script failed (non-zero exit status or timeout: its
+  stderr tail is shown), or never trained (no step was recorded).
+
+**Callbacks and wall-clock throttling.** A trace records only what training did
+to the parameters (and the loss), never when it happened or what a callback
+printed. ``throttle(cb, 10)`` decides *from the clock* which steps run ``cb``,
+so the two runs may print their logs at different steps; as long as the
+callback only observes (prints, logs, evaluates in ``no_grad``), the traces are
+unaffected and no false divergence shows. A callback that *changes* training
+under a wall-clock throttle (calls ``stop()``, changes the learning rate) makes
+even two runs of the same script differ: such a script is non-deterministic by
+nature, and ``compare`` says so rather than blame the migration when
+``--check-determinism`` is given (it runs OLD twice first). Write such callbacks
+against a step count instead of the clock.
+
+Parameter lists of different lengths (e.g. ``params(model[0])`` in OLD, the whole
+model with the rest frozen in NEW) are aligned in order by shape and dtype; a
+parameter present in one trace only must keep the same value at every step
+(it is frozen), else the traces diverge.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+__all__ = [
+    "EXIT_IDENTICAL",
+    "EXIT_DIVERGED",
+    "EXIT_FAILED",
+    "RunResult",
+    "ParamDiff",
+    "CompareResult",
+    "run_traced",
+    "load_trace",
+    "compare_traces",
+    "compare_scripts",
+    "format_result",
+    "verify_pairs",
+    "main",
+]
+
+EXIT_IDENTICAL = 0
+EXIT_DIVERGED = 1
+EXIT_FAILED = 2
+
+DEFAULT_TIMEOUT = 600.0
+DEFAULT_SEED = 0
+STDERR_TAIL_LINES = 25
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class RunResult:
+    """One traced run of a script."""
+
+    script: Path
+    returncode: int | None  # None: killed after the timeout
+    seconds: float
+    stdout: str
+    stderr: str
+    records: list[dict[str, Any]] = field(default_factory=list)
+    trace_error: str | None = None
+
+    @property
+    def timed_out(self) -> bool:
+        return self.returncode is None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and self.trace_error is None
+
+    def stderr_tail(self, lines: int = STDERR_TAIL_LINES) -> str:
+        return "\n".join(self.stderr.rstrip().splitlines()[-lines:])
+
+    def failure(self) -> str | None:
+        """Why this run cannot be compared, or None if it can."""
+        if self.timed_out:
+            return f"{self.script} did not finish within the timeout ({self.seconds:.0f} s)"
+        if self.returncode != 0:
+            return f"{self.script} failed with exit status {self.returncode}"
+        if self.trace_error is not None:
+            return f"{self.script}: unreadable trace: {self.trace_error}"
+        if not self.records:
+            return (
+                f"{self.script} never trained: it ran to completion but took no "
+                "optimisation step through fluxtrain's train_ or update_"
+            )
+        return None
+
+
+def _seed_env(seed: int) -> dict[str, str]:
+    return {
+        "PYTHONHASHSEED": str(seed),
+        "FLUXTRAIN_SEED": str(seed),
+        "CUBLAS_WORKSPACE_CONFIG": os.environ.get("CUBLAS_WORKSPACE_CONFIG", ":4096:8"),
+        "MPLBACKEND": "Agg",
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+def _start(
+    script: Path, args: Sequence[str], trace_path: Path, env_extra: dict[str, str], out_dir: Path
+) -> tuple[subprocess.Popen[bytes], TextIO, TextIO]:
+    env = dict(os.environ)
+    for name in list(env):
+        if name.startswith("FLUXTRAIN_TRACE"):
+            del env[name]
+    env.update(env_extra)
+    env["FLUXTRAIN_TRACE"] = str(trace_path)
+    stdout = open(out_dir / (trace_path.stem + ".out"), "w+", encoding="utf-8", errors="replace")
+    stderr = open(out_dir / (trace_path.stem + ".err"), "w+", encoding="utf-8", errors="replace")
+    kwargs: dict[str, Any] = {}
+    if os.name == "posix":
+        kwargs["start_new_session"] = True  # so a timeout kills the script's children too
+    proc = subprocess.Popen(
+        [sys.executable, str(script), *args],
+        cwd=str(script.parent),
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        **kwargs,
+    )
+    return proc, stdout, stderr
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    try:
+        if os.name == "posix":
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _finish(
+    script: Path,
+    proc: subprocess.Popen[bytes],
+    stdout: TextIO,
+    stderr: TextIO,
+    trace_path: Path,
+    started: float,
+    deadline: float,
+) -> RunResult:
+    returncode: int | None
+    try:
+        returncode = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        returncode = None
+    seconds = time.monotonic() - started
+    outs = []
+    for f in (stdout, stderr):
+        f.flush()
+        f.seek(0)
+        outs.append(f.read())
+        f.close()
+    result = RunResult(script, returncode, seconds, outs[0], outs[1])
+    try:
+        result.records = load_trace(trace_path)
+    except ValueError as e:
+        result.trace_error = str(e)
+    return result
+
+
+def run_traced(
+    scripts: Sequence[Path],
+    args: Sequence[str] = (),
+    *,
+    seed: int = DEFAULT_SEED,
+    timeout: float = DEFAULT_TIMEOUT,
+    max_steps: int | None = None,
+    values: bool = True,
+) -> list[RunResult]:
+    """Run each script (concurrently) with tracing on and the seed environment.
+
+    Each script runs as ``python SCRIPT ARGS`` in its own folder; each gets at
+    most ``timeout`` seconds. Returns one :class:`RunResult` per script, in order.
+    """
+    env_extra = _seed_env(seed)
+    if values:
+        env_extra["FLUXTRAIN_TRACE_VALUES"] = "1"
+    if max_steps is not None:
+        env_extra["FLUXTRAIN_TRACE_MAX_STEPS"] = str(max_steps)
+    tmp = Path(tempfile.mkdtemp(prefix="fluxtrain-compare-"))
+    try:
+        started = time.monotonic()
+        running = []
+        for i, script in enumerate(scripts):
+            trace_path = tmp / f"run{i}.jsonl"
+            proc, out, err = _start(Path(script).resolve(), args, trace_path, env_extra, tmp)
+            running.append((Path(script), proc, out, err, trace_path))
+        deadline = started + timeout
+        return [
+            _finish(script, proc, out, err, trace_path, started, deadline)
+            for script, proc, out, err, trace_path in running
+        ]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def load_trace(path: Path) -> list[dict[str, Any]]:
+    """Read a trace file (JSON lines). A missing file is an empty trace.
+
+    A malformed *last* line (a script killed while writing) is dropped; a
+    malformed line elsewhere is an error (``ValueError``).
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    lines = text.splitlines()
+    records: list[dict[str, Any]] = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                break
+            raise ValueError(f"line {n} is not JSON ({e})") from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("params"), list):
+            raise ValueError(f"line {n} is not a fluxtrain trace record")
+        records.append(rec)
+    return records
+
+
+# --------------------------------------------------------------------------- comparing
+
+
+@dataclass
+class ParamDiff:
+    """How one parameter differs at the first differing step."""
+
+    label: str
+    shape: list[int]
+    dtype: str
+    max_abs: float | None  # None when values were not recorded (too large)
+    max_rel: float | None
+    n_differ: int | None
+    numel: int
+    sum_old: float
+    sum_new: float
+    note: str = ""
+
+
+@dataclass
+class CompareResult:
+    """The verdict of comparing two traces (or two scripts)."""
+
+    exit_code: int
+    message: str
+    steps_compared: int = 0
+    step: int | None = None  # the first differing step (1-based), if diverged
+    diffs: list[ParamDiff] = field(default_factory=list)
+    n_params: int = 0
+    loss_old: float | None = None
+    loss_new: float | None = None
+    old: RunResult | None = None
+    new: RunResult | None = None
+
+    @property
+    def verdict(self) -> str:
+        return {EXIT_IDENTICAL: "identical", EXIT_DIVERGED: "diverged"}.get(
+            self.exit_code, "could not run"
+        )
+
+
+def _label(entry: dict[str, Any], index: int) -> str:
+    name = entry.get("name")
+    return str(name) if name is not None else f"#{index}"
+
+
+def _values(entry: dict[str, Any]) -> Any:
+    from fluxtrain.trace import decode_values
+
+    return decode_values(entry)
+
+
+def _within(a: float, b: float, tol: float) -> bool:
+    if a == b or (math.isnan(a) and math.isnan(b)):
+        return True
+    if tol <= 0:
+        return False
+    return abs(a - b) <= tol * (1 + abs(a))
+
+
+def _param_equal(o: dict[str, Any], n: dict[str, Any], tol: float) -> bool:
+    if o["sha256"] == n["sha256"]:
+        return True
+    if tol <= 0 or o["shape"] != n["shape"]:
+        return False
+    vo, vn = _values(o), _values(n)
+    if vo is not None and vn is not None:
+        import torch
+
+        both_nan = torch.isnan(vo) & torch.isnan(vn)
+        close = (vo - vn).abs() <= tol * (1 + vo.abs())
+        return bool((close | both_nan | (vo == vn)).all())
+    return _within(float(o["sum"]), float(n["sum"]), tol * max(1.0, float(o["abssum"])))
+
+
+def _diff(o: dict[str, Any], n: dict[str, Any], label: str) -> ParamDiff:
+    numel = math.prod(int(s) for s in o["shape"])
+    shape_note = ""
+    if o["shape"] != n["shape"] or o["dtype"] != n["dtype"]:
+        shape_note = (
+            f"OLD is {tuple(o['shape'])} {o['dtype']}, NEW is {tuple(n['shape'])} {n['dtype']}"
+        )
+    max_abs = max_rel = None
+    n_differ = None
+    vo, vn = _values(o), _values(n)
+    if vo is not None and vn is not None and vo.shape == vn.shape:
+        import torch
+
+        nan_o, nan_n = torch.isnan(vo), torch.isnan(vn)
+        same = (vo == vn) | (nan_o & nan_n)
+        d = (vo - vn).abs()
+        d = torch.where(same, torch.zeros_like(d), d)
+        d = torch.where(nan_o ^ nan_n, torch.full_like(d, math.inf), d)
+        scale = torch.maximum(vo.abs(), vn.abs())
+        rel = torch.where(d == 0, torch.zeros_like(d), d / scale)
+        rel = torch.where(torch.isnan(rel), torch.full_like(rel, math.inf), rel)
+        max_abs = float(d.max()) if d.numel() else 0.0
+        max_rel = float(rel.max()) if rel.numel() else 0.0
+        n_differ = int((~same).sum())
+        if n_differ == 0:  # same values, different bytes (e.g. -0.0 against 0.0)
+            shape_note = (
+                shape_note or "equal values, different bytes (signed zeros or NaN payloads)"
+            )
+    return ParamDiff(
+        label=label,
+        shape=list(o["shape"]),
+        dtype=str(o["dtype"]),
+        max_abs=max_abs,
+        max_rel=max_rel,
+        n_differ=n_differ,
+        numel=numel,
+        sum_old=float(o["sum"]),
+        sum_new=float(n["sum"]),
+        note=shape_note,
+    )
+
+
+def _key(e: dict[str, Any]) -> tuple[Any, ...]:
+    return (tuple(e["shape"]), e["dtype"])
+
+
+def _subsequence(
+    short: list[dict[str, Any]], long: list[dict[str, Any]], same: Callable[..., bool]
+) -> list[int] | None:
+    out: list[int] = []
+    j = 0
+    for e in short:
+        while j < len(long) and not same(e, long[j]):
+            j += 1
+        if j == len(long):
+            return None
+        out.append(j)
+        j += 1
+    return out
+
+
+def _align(
+    old: list[dict[str, Any]], new: list[dict[str, Any]]
+) -> tuple[list[tuple[int, int]], list[int], list[int]] | None:
+    """Pair OLD's parameters with NEW's: (pairs, only-in-OLD, only-in-NEW), or None."""
+    if len(old) == len(new):
+        return [(i, i) for i in range(len(old))], [], []
+    swap = len(old) > len(new)
+    short, long = (new, old) if swap else (old, new)
+    idx = _subsequence(short, long, lambda a, b: a["sha256"] == b["sha256"])
+    if idx is None:
+        idx = _subsequence(short, long, lambda a, b: _key(a) == _key(b))
+    if idx is None:
+        return None
+    taken = set(idx)
+    extra = [j for j in range(len(long)) if j not in taken]
+    if swap:
+        return [(j, i) for i, j in enumerate(idx)], extra, []
+    return [(i, j) for i, j in enumerate(idx)], [], extra
+
+
+def _describe(params: list[dict[str, Any]]) -> str:
+    shapes = ", ".join(f"{tuple(p['shape'])}" for p in params[:8])
+    more = f", ... ({len(params)} in all)" if len(params) > 8 else ""
+    return f"{len(params)} parameter(s): {shapes}{more}"
+
+
+def compare_traces(
+    old: list[dict[str, Any]],
+    new: list[dict[str, Any]],
+    *,
+    tolerance: float = 0.0,
+    max_steps: int | None = None,
+) -> CompareResult:
+    """Compare two traces step by step; see the module docstring for the verdicts."""
+    if max_steps is not None:
+        old, new = old[:max_steps], new[:max_steps]
+    if not old or not new:
+        which = "OLD" if not old else "NEW"
+        return CompareResult(EXIT_FAILED, f"{which} recorded no optimisation step")
+    alignment = _align(old[0]["params"], new[0]["params"])
+    if alignment is None:
+        return CompareResult(
+            EXIT_DIVERGED,
+            "at step 1: the scripts train different parameters: OLD has "
+            f"{_describe(old[0]['params'])}; NEW has {_describe(new[0]['params'])}",
+            step=1,
+        )
+    pairs, only_old, only_new = alignment
+    n_params = len(pairs) + len(only_old) + len(only_new)
+    for k, (ro, rn) in enumerate(zip(old, new), 1):
+        po, pn = ro["params"], rn["params"]
+        if len(po) != len(old[0]["params"]) or len(pn) != len(new[0]["params"]):
+            return CompareResult(
+                EXIT_DIVERGED,
+                f"at step {k}: the number of parameters changed "
+                f"(OLD {len(po)}, NEW {len(pn)}; at step 1: "
+                f"{len(old[0]['params'])}, {len(new[0]['params'])})",
+                steps_compared=k - 1,
+                step=k,
+                n_params=n_params,
+            )
+        diffs = [
+            _diff(po[i], pn[j], _label(po[i], i))
+            for i, j in pairs
+            if not _param_equal(po[i], pn[j], tolerance)
+        ]
+        for side, params, first, extra in (
+            ("OLD", po, old[0]["params"], only_old),
+            ("NEW", pn, new[0]["params"], only_new),
+        ):
+            for i in extra:
+                if params[i]["sha256"] != first[i]["sha256"]:
+                    other = "NEW" if side == "OLD" else "OLD"
+                    d = _diff(first[i], params[i], _label(params[i], i))
+                    d.note = (
+                        f"trained in {side} only ({other} does not train it); change since step 1"
+                    )
+                    diffs.append(d)
+        lo, ln = ro.get("loss"), rn.get("loss")
+        loss_differs = lo is not None and ln is not None and not _within(lo, ln, tolerance)
+        if diffs or loss_differs:
+            what = []
+            if diffs:
+                what.append(f"{len(diffs)} of {n_params} parameter(s) differ")
+            if loss_differs:
+                what.append(f"the loss differs (OLD {lo!r}, NEW {ln!r})")
+            return CompareResult(
+                EXIT_DIVERGED,
+                f"at step {k}: " + "; ".join(what),
+                steps_compared=k - 1,
+                step=k,
+                diffs=diffs,
+                n_params=n_params,
+                loss_old=lo,
+                loss_new=ln,
+            )
+    common = min(len(old), len(new))
+    if len(old) != len(new):
+        return CompareResult(
+            EXIT_DIVERGED,
+            f"at step {common + 1}: OLD took {len(old)} step(s), NEW took "
+            f"{len(new)}; the first {common} are identical",
+            steps_compared=common,
+            step=common + 1,
+            n_params=n_params,
+        )
+    how = "bit for bit" if tolerance <= 0 else f"within tolerance {tolerance:g}"
+    frozen = ""
+    if only_old or only_new:
+        frozen = f" ({len(only_old) + len(only_new)} parameter(s) in one trace only, never changed)"
+    limited = f" (first {max_steps} compared)" if max_steps is not None else ""
+    return CompareResult(
+        EXIT_IDENTICAL,
+        f"{common} step(s){limited}, {n_params} parameter(s), {how}{frozen}",
+        steps_compared=common,
+        n_params=n_params,
+    )
+
+
+def compare_scripts(
+    old: Path | str,
+    new: Path | str,
+    args: Sequence[str] = (),
+    *,
+    tolerance: float = 0.0,
+    max_steps: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    seed: int = DEFAULT_SEED,
+    values: bool = True,
+) -> CompareResult:
+    """Run OLD and NEW side by side with tracing and compare their traces."""
+    old_p, new_p = Path(old), Path(new)
+    for p in (old_p, new_p):
+        if not p.is_file():
+            return CompareResult(EXIT_FAILED, f"{p}: no such file")
+    run_old, run_new = run_traced(
+        [old_p, new_p], args, seed=seed, timeout=timeout, max_steps=max_steps, values=values
+    )
+    failures = [(side, r) for side, r in (("OLD", run_old), ("NEW", run_new)) if r.failure()]
+    if failures:
+        message = "; ".join(f"{side}: {r.failure()}" for side, r in failures)
+        return CompareResult(EXIT_FAILED, message, old=run_old, new=run_new)
+    result = compare_traces(
+        run_old.records, run_new.records, tolerance=tolerance, max_steps=max_steps
+    )
+    result.old, result.new = run_old, run_new
+    return result
+
+
+def check_determinism(
+    script: Path | str,
+    args: Sequence[str] = (),
+    *,
+    max_steps: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    seed: int = DEFAULT_SEED,
+) -> CompareResult:
+    """Run one script twice and compare the traces (is it deterministic at all?)."""
+    p = Path(script)
+    a, b = run_traced([p, p], args, seed=seed, timeout=timeout, max_steps=max_steps)
+    failures = [r.failure() for r in (a, b) if r.failure()]
+    if failures:
+        return CompareResult(EXIT_FAILED, "; ".join(str(f) for f in failures), old=a, new=b)
+    result = compare_traces(a.records, b.records, max_steps=max_steps)
+    result.old, result.new = a, b
+    return result
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
+
+
+def format_result(result: CompareResult, old: Path | str, new: Path | str) -> str:
+    """A human-readable report of a comparison."""
+    lines = [f"compare {old}  vs  {new}"]
+    for side, run in (("OLD", result.old), ("NEW", result.new)):
+        if run is None:
+            continue
+        status = "timed out" if run.timed_out else f"exit {run.returncode}"
+        styles = sorted({str(r.get("style")) for r in run.records})
+        lines.append(
+            f"  {side}: {len(run.records)} step(s) recorded ({', '.join(styles) or 'none'}), "
+            f"{status}, {run.seconds:.1f} s"
+        )
+    if result.exit_code == EXIT_FAILED:
+        lines.append(f"NOT RUNNABLE: {result.message}")
+        for side, run in (("OLD", result.old), ("NEW", result.new)):
+            if run is not None and run.failure() and run.stderr.strip():
+                lines.append(f"--- {side} stderr (last {STDERR_TAIL_LINES} lines) ---")
+                lines.append(run.stderr_tail())
+        return "\n".join(lines)
+    if result.exit_code == EXIT_IDENTICAL:
+        lines.append(f"IDENTICAL: {result.message}")
+        return "\n".join(lines)
+    lines.append(f"DIVERGED {result.message}")
+    if result.step is not None and result.step > 1:
+        lines.append(f"  steps 1..{result.step - 1} are identical")
+    if result.loss_old is not None or result.loss_new is not None:
+        lines.append(
+            f"  loss at step {result.step}: OLD {result.loss_old!r}, NEW {result.loss_new!r}"
+        )
+    if result.diffs:
+        header = (
+            "param",
+            "shape",
+            "dtype",
+            "max abs diff",
+            "max rel diff",
+            "differing",
+            "sum OLD",
+            "sum NEW",
+        )
+        rows = [
+            (
+                d.label,
+                "x".join(str(s) for s in d.shape) or "()",
+                d.dtype,
+                _fmt(d.max_abs),
+                _fmt(d.max_rel),
+                "-" if d.n_differ is None else f"{d.n_differ}/{d.numel}",
+                f"{d.sum_old:.9g}",
+                f"{d.sum_new:.9g}",
+            )
+            for d in result.diffs
+        ]
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for r in [header, *rows]:
+            lines.append("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        for d in result.diffs:
+            if d.note:
+                lines.append(f"  {d.label}: {d.note}")
+    return "\n".join(lines)
+
+
+def verify_pairs(
+    pairs: Iterable[tuple[Path, Path]],
+    *,
+    args: Sequence[str] = (),
+    tolerance: float = 0.0,
+    max_steps: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT,
+    seed: int = DEFAULT_SEED,
+    stream: TextIO | None = None,
+    details: bool = True,
+) -> int:
+    """Compare each (original, migrated) pair and print a summary table.
+
+    One row per script: ``trace-equal (N steps)``, ``diverged at step K`` or
+    ``not runnable``; with ``details`` the full report of every pair that is
+    not trace-equal follows the table. Returns the worst exit status
+    (0 all trace-equal, 1 some diverged, 2 some could not run).
+    """
+    out = stream if stream is not None else sys.stdout
+    rows: list[tuple[str, str]] = []
+    reports: list[str] = []
+    worst = EXIT_IDENTICAL
+    for old, new in pairs:
+        r = compare_scripts(
+            old, new, args, tolerance=tolerance, max_steps=max_steps, timeout=timeout, seed=seed
+        )
+        if r.exit_code == EXIT_IDENTICAL:
+            verdict = f"trace-equal ({r.steps_compared} steps)"
+        elif r.exit_code == EXIT_DIVERGED:
+            verdict = f"diverged at step {r.step}"
+        else:
+            verdict = "not runnable"
+        rows.append((str(old), verdict))
+        if r.exit_code != EXIT_IDENTICAL:
+            reports.append(format_result(r, old, new))
+        worst = max(worst, r.exit_code)
+    width = max([len("script"), *(len(s) for s, _ in rows)])
+    print(f"{'script'.ljust(width)}  verdict", file=out)
+    for script, verdict in rows:
+        print(f"{script.ljust(width)}  {verdict}", file=out)
+    if details and reports:
+        print(file=out)
+        print("\n\n".join(reports), file=out)
+    return worst
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="fluxtrain-migrate compare",
+        description=(
+            "Run OLD.py and NEW.py side by side with the same seed and tracing on, and "
+            "report the first optimisation step where their parameters differ. "
+            "Arguments after -- are passed to both scripts. "
+            "Exit status: 0 identical, 1 diverged, 2 could not run."
+        ),
+    )
+    p.add_argument("old", type=Path, metavar="OLD.py")
+    p.add_argument("new", type=Path, metavar="NEW.py")
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="0 (default): bit for bit; else elements may differ by tol*(1+|old|)",
+    )
+    p.add_argument("--max-steps", type=int, default=None, help="compare only the first N steps")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT,
+        help=f"seconds each script may run (default {DEFAULT_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--seed", type=int, default=DEFAULT_SEED, help="FLUXTRAIN_SEED and PYTHONHASHSEED"
+    )
+    p.add_argument(
+        "--check-determinism",
+        action="store_true",
+        help="first run OLD twice: if it differs from itself, say so (exit 2)",
+    )
+    p.add_argument(
+        "--show-output", action="store_true", help="print both scripts' stdout and stderr"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fluxtrain-migrate compare OLD.py NEW.py [options] [-- ARGS...]``: the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        argv = argv[1:]
+    script_args: list[str] = []
+    if "--" in argv:
+        cut = argv.index("--")
+        argv, script_args = argv[:cut], argv[cut + 1 :]
+    parser = _parser()
+    try:
+        ns = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: 2 for a usage error, 0 for --help
+        return int(e.code) if isinstance(e.code, int) else EXIT_FAILED
+    if ns.max_steps is not None and ns.max_steps < 1:
+        parser.print_usage(sys.stderr)
+        print("compare: --max-steps must be at least 1", file=sys.stderr)
+        return EXIT_FAILED
+    if ns.tolerance < 0 or ns.timeout <= 0:
+        print("compare: --tolerance must be >= 0 and --timeout > 0", file=sys.stderr)
+        return EXIT_FAILED
+    if ns.check_determinism:
+        det = check_determinism(
+            ns.old, script_args, max_steps=ns.max_steps, timeout=ns.timeout, seed=ns.seed
+        )
+        if det.exit_code != EXIT_IDENTICAL:
+            print(f"NOT RUNNABLE: {ns.old} is not deterministic: two runs of it differ")
+            print(format_result(det, ns.old, ns.old))
+            return EXIT_FAILED
+    result = compare_scripts(
+        ns.old,
+        ns.new,
+        script_args,
+        tolerance=ns.tolerance,
+        max_steps=ns.max_steps,
+        timeout=ns.timeout,
+        seed=ns.seed,
+    )
+    if ns.show_output:
+        for side, run in (("OLD", result.old), ("NEW", result.new)):
+            if run is not None:
+                print(f"--- {side} {run.script} stdout ---\n{run.stdout.rstrip()}")
+                print(f"--- {side} {run.script} stderr ---\n{run.stderr.rstrip()}")
+    print(format_result(result, ns.old, ns.new))
+    return result.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
