@@ -1,11 +1,235 @@
-"""Stub: to be written (see docs/ARCHITECTURE.md)."""
+"""Explicit ``gradient``/``withgradient`` over ``torch.autograd`` (Zygote's explicit mode).
 
-from typing import Any
+``gradient_explicit(f, *args)`` returns one gradient tree per argument, shaped
+like the state trees of :mod:`fluxtrain.optimisers` (a ``Module`` gives a
+``StateTree`` reached by the model's own names, dicts give dicts, ...):
+
+* a trainable leaf (float tensor, float numpy array, ``nn.Parameter`` with
+  ``requires_grad=True``) gets its gradient, or ``None`` when ``f`` does not
+  depend on it;
+* a tensor that appears more than once (tied weights) gets its total gradient
+  at its **first** occurrence and ``None`` at the others, so that
+  ``update_``, which adds the gradients of all occurrences, counts it once;
+* non-trainable leaves, and containers without any trainable leaf, are ``None``;
+  an argument without any float leaf gives ``None``.
+* numpy leaves: ``f`` is called with a tensor in their place (sharing memory
+  with the array; a read-only array gives a copy) and their gradient is
+  returned as a numpy array of the same dtype.
+
+Tensors that did not require gradients get ``requires_grad`` only for the
+call; afterwards every tensor's ``requires_grad`` and ``.grad`` are exactly as
+before (``torch.autograd.grad`` never writes ``.grad``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+from fluxtrain.optimisers import tree as T
+from fluxtrain.optimisers.tree import StateTree
+
+__all__ = ["gradient_explicit", "withgradient_explicit", "WithGradient"]
 
 
-def gradient_explicit(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("gradient_explicit")
+class WithGradient(NamedTuple):
+    """``withgradient``'s result: ``val`` (the loss, detached), ``grad`` (a tree per argument)."""
+
+    val: Any
+    grad: tuple[Any, ...]
 
 
-def withgradient_explicit(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("withgradient_explicit")
+def gradient_explicit(f: Any, *args: Any) -> tuple[Any, ...]:
+    """Gradients of the scalar ``f(*args)`` with respect to each argument.
+
+    >>> import torch
+    >>> m = {"w": torch.tensor([1.0, 2.0]), "name": "layer"}
+    >>> gradient_explicit(lambda m, x: (m["w"] * x).sum(), m, 3.0)
+    ({'w': tensor([3., 3.]), 'name': None}, None)
+    >>> m["w"].requires_grad, m["w"].grad
+    (False, None)
+    """
+    return withgradient_explicit(f, *args).grad
+
+
+def withgradient_explicit(f: Any, *args: Any) -> WithGradient:
+    """Value and gradients of ``f(*args)``: ``(val, grad)`` (a :class:`WithGradient`).
+
+    ``f`` must return a scalar: a 1-element real tensor or a Python number. It
+    may also return a tuple whose first element is the loss (Zygote's
+    auxiliary output); then ``val`` is the whole tuple with the loss detached.
+
+    >>> import torch
+    >>> lin = torch.nn.Linear(2, 1)
+    >>> val, (g,) = withgradient_explicit(lambda m: m(torch.ones(2)).sum(), lin)
+    >>> g.weight.tolist(), g.bias.tolist()
+    ([[1.0, 1.0]], [1.0])
+    """
+    # 1. find the trainable leaves (first occurrence wins), give numpy leaves tensors
+    firsts: dict[int, torch.Tensor] = {}  # id(leaf object) -> tensor to differentiate
+    keep: list[Any] = []  # keep leaf objects alive while ids are in use
+    numpy_tensors: dict[int, tuple[Any, Any]] = {}
+    for a in args:
+        _find(a, True, firsts, keep, numpy_tensors)
+    call_args = (
+        tuple(_substitute(a, numpy_tensors, {}) for a in args) if numpy_tensors else args
+    )
+    tensors = [t for t in firsts.values() if not t.is_inference()]
+    toggled = [t for t in tensors if not t.requires_grad]
+    # 2. run f and differentiate, restoring requires_grad afterwards
+    try:
+        for t in toggled:
+            t.requires_grad_(True)
+        with torch.enable_grad():
+            out = f(*call_args)
+            loss = out[0] if isinstance(out, tuple) and out else out
+            _check_loss(loss)
+            if isinstance(loss, torch.Tensor) and loss.requires_grad and tensors:
+                gs: tuple[Any, ...] = torch.autograd.grad(loss, tensors, allow_unused=True)
+            else:
+                gs = (None,) * len(tensors)
+    finally:
+        for t in toggled:
+            t.requires_grad_(False)
+    by_id = {id(t): g for t, g in zip(tensors, gs)}
+    # 3. gradient trees shaped like the arguments
+    grads_of: dict[int, Any] = {
+        key: by_id.get(id(t)) for key, t in firsts.items()
+    }
+    seen: set[int] = set()
+    grads = tuple(_mirror_grad(a, True, grads_of, seen)[0] for a in args)
+    if isinstance(out, torch.Tensor):
+        val: Any = out.detach()
+    elif isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+        val = (out[0].detach(), *out[1:])
+    else:
+        val = out
+    return WithGradient(val, grads)
+
+
+def _check_loss(loss: Any) -> None:
+    if isinstance(loss, torch.Tensor):
+        if loss.numel() != 1:
+            raise ValueError(
+                f"gradient: the function must return a scalar loss, got a tensor of shape "
+                f"{tuple(loss.shape)}; reduce it first, e.g. with .sum() or .mean()"
+            )
+        if not loss.is_floating_point():
+            raise TypeError(
+                f"gradient: the loss must be a real floating-point number, got a {loss.dtype} "
+                "tensor"
+            )
+        return
+    if isinstance(loss, bool) or not isinstance(loss, int | float | np.floating | np.integer):
+        raise TypeError(
+            f"gradient: the function must return a scalar loss (a 1-element tensor or a "
+            f"number), got {type(loss).__name__}"
+        )
+
+
+def _find(
+    x: Any,
+    enabled: bool,
+    firsts: dict[int, torch.Tensor],
+    keep: list[Any],
+    numpy_tensors: dict[int, tuple[Any, Any]],
+) -> None:
+    k = T.kind(x)
+    if k == T.TENSOR or k == T.NUMPY:
+        if enabled and id(x) not in firsts and T.is_trainable(x, k):
+            if k == T.NUMPY:
+                t = T.as_tensor(x, k)
+                numpy_tensors[id(x)] = (x, t)
+            else:
+                t = x
+            firsts[id(x)] = t
+            keep.append(x)
+        return
+    if k == T.OTHER or not enabled:
+        return
+    if k == T.MODULE:
+        for p in x.parameters():
+            if id(p) not in firsts and T.is_trainable(p, T.TENSOR):
+                firsts[id(p)] = p
+                keep.append(p)
+        return
+    for _, child, en in T.children(x, k):
+        _find(child, en, firsts, keep, numpy_tensors)
+
+
+def _substitute(x: Any, repl: dict[int, tuple[Any, Any]], memo: dict[int, Any]) -> Any:
+    k = T.kind(x)
+    if k == T.NUMPY:
+        hit = repl.get(id(x))
+        return x if hit is None else hit[1]
+    if k in (T.TENSOR, T.OTHER, T.MODULE):
+        return x
+    if id(x) in memo:
+        return memo[id(x)]
+    changes = {}
+    for key, child, _ in T.children(x, k):
+        new = _substitute(child, repl, memo)
+        if new is not child:
+            changes[key] = new
+    out = T.rebuild(x, k, changes)
+    memo[id(x)] = out
+    return out
+
+
+def _mirror_grad(
+    x: Any, enabled: bool, grads_of: dict[int, Any], seen: set[int]
+) -> tuple[Any, bool]:
+    """(gradient tree, whether x holds any trainable leaf)."""
+    k = T.kind(x)
+    if k == T.TENSOR or k == T.NUMPY:
+        if not enabled or id(x) not in grads_of:
+            return None, False
+        if id(x) in seen:  # a later occurrence of a tied tensor
+            return None, True
+        seen.add(id(x))
+        g = grads_of[id(x)]
+        if g is not None and k == T.NUMPY:
+            g = g.detach().cpu().numpy().astype(x.dtype, copy=False)
+        return g, True
+    if k == T.OTHER or not enabled:
+        return None, False
+    if k == T.MODULE:
+        subs = []
+        any_t = False
+        for name, p in x._parameters.items():
+            if p is not None and id(p) in grads_of:
+                any_t = True
+                if id(p) in seen:
+                    subs.append((name, None))
+                else:
+                    seen.add(id(p))
+                    subs.append((name, grads_of[id(p)]))
+            else:
+                subs.append((name, None))
+        for name, m in x._modules.items():
+            g, has = _mirror_grad(m, True, grads_of, seen)
+            any_t = any_t or has
+            subs.append((name, g))
+        return (StateTree(dict(subs)) if any_t else None), any_t
+    subs = []
+    any_t = False
+    for key, child, en in T.children(x, k):
+        g, has = _mirror_grad(child, en, grads_of, seen)
+        any_t = any_t or has
+        subs.append((key, g))
+    if not any_t:
+        return None, False
+    if k == T.DATACLASS:
+        return StateTree(dict(subs)), True
+    if k == T.DICT:
+        return dict(subs), True
+    if k == T.LIST:
+        return [v for _, v in subs], True
+    if k == T.NAMEDTUPLE:
+        try:
+            return type(x)._make(v for _, v in subs), True
+        except Exception:
+            return tuple(v for _, v in subs), True
+    return tuple(v for _, v in subs), True

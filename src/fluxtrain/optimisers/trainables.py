@@ -41,7 +41,7 @@ def _walk(x: Any, p: Any, enabled: bool, out: list[Any], seen: set[int], path: b
         return
     if k == T.MODULE and not path:
         # Fast path: torch's own generator walks the same order (params, then submodules).
-        for prm in x.parameters(remove_duplicate=False):
+        for prm in x.parameters():
             if id(prm) not in seen and T.is_trainable(prm, T.TENSOR):
                 seen.add(id(prm))
                 out.append(prm)
