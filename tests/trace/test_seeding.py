@@ -22,7 +22,11 @@ def _draw(seed: str | None) -> str:
     if seed is not None:
         env[seeding.SEED_ENV] = seed
     out = subprocess.run(
-        [sys.executable, "-c", _DRAW], env=env, check=True, capture_output=True, text=True,
+        [sys.executable, "-c", _DRAW],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
         timeout=120,
     )
     return out.stdout
@@ -40,8 +44,9 @@ def test_same_numbers_as_seeding_by_hand() -> None:
         "random.seed(7); numpy.random.seed(7); torch.manual_seed(7)\n"
         "print(random.random(), numpy.random.rand(), torch.rand(1).item())\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
-                         text=True, timeout=120).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
     assert _draw("7") == out
 
 

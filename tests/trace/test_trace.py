@@ -104,8 +104,9 @@ def test_one_ulp_changes_the_fingerprint(dtype: torch.dtype) -> None:
 def test_shape_and_dtype_are_part_of_the_hash() -> None:
     x = torch.arange(6.0)
     assert trace.fingerprint(x)["sha256"] != trace.fingerprint(x.reshape(2, 3))["sha256"]
-    assert trace.fingerprint(torch.zeros(2, dtype=torch.float32))["sha256"] != (
-        trace.fingerprint(torch.zeros(1, dtype=torch.float64))["sha256"]
+    assert (
+        trace.fingerprint(torch.zeros(2, dtype=torch.float32))["sha256"]
+        != (trace.fingerprint(torch.zeros(1, dtype=torch.float64))["sha256"])
     )
 
 
