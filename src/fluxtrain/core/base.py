@@ -27,7 +27,7 @@ import torch
 
 from fluxtrain.core import hyper
 
-__all__ = ["AbstractRule", "State", "Step", "maywrite"]
+__all__ = ["AbstractRule", "State", "Step", "maywrite", "check_param"]
 
 State = Any
 Step = torch.Tensor | None
@@ -40,6 +40,25 @@ def maywrite(x: torch.Tensor) -> bool:
     marked by the tree layer with the attribute ``_fluxtrain_readonly``.
     """
     return not getattr(x, "_fluxtrain_readonly", False) and not x.is_inference()
+
+
+def check_param(rule: object, x: torch.Tensor) -> None:
+    """Refuse parameters a rule cannot train: only float and complex tensors can.
+
+    Every built-in ``init`` calls this, so an integer or bool tensor fails at
+    once with a message naming the dtype (Optimisers.jl never treats integer
+    arrays as parameters either).
+    """
+    name = rule if isinstance(rule, str) else type(rule).__name__
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(
+            f"{name}: parameters must be torch tensors, got {type(x).__name__}"
+        )
+    if not (x.is_floating_point() or x.is_complex()):
+        raise TypeError(
+            f"{name}: cannot optimise a parameter of dtype {x.dtype}; only floating-point "
+            f"and complex tensors are trainable (convert it first, e.g. x.float())"
+        )
 
 
 class AbstractRule:
@@ -90,6 +109,8 @@ class AbstractRule:
                 new: Any = hyper.check_bool(f.name, name, value)
             elif isinstance(default, float):
                 new = hyper.check_real(f.name, name, value)
+            elif isinstance(default, int):
+                new = hyper.check_int(f.name, name, value)
             elif isinstance(default, tuple):
                 length = self._tuple_lengths.get(f.name, len(default))
                 new = hyper.check_tuple(f.name, name, value, length)

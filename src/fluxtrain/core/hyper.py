@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
-from numbers import Real
+from numbers import Integral, Real
 from typing import Any
 
 import torch
@@ -29,6 +29,7 @@ __all__ = [
     "check_real",
     "check_tuple",
     "check_bool",
+    "check_int",
     "check_nonneg_eta",
 ]
 
@@ -114,6 +115,15 @@ def check_bool(name: str, rule: str, value: Any) -> bool:
     if not isinstance(value, bool):
         raise TypeError(f"{rule}: {name}={value!r} must be True or False")
     return value
+
+
+def check_int(name: str, rule: str, value: Any) -> int:
+    """Validate an integer hyperparameter (``AccumGrad.n``, ``ExpDecay.decay_step``)."""
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(
+            f"{rule}: {name}={value!r} must be an integer (got {type(value).__name__})"
+        )
+    return int(value)
 
 
 def check_nonneg_eta(rule: str, eta: float) -> None:
