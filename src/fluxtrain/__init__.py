@@ -20,6 +20,8 @@ from fluxtrain.explicit import setup
 from fluxtrain.implicit.callbacks import epochs, skip, stop, throttle
 from fluxtrain.implicit.params import Grads, Params, params
 from fluxtrain.optimise import *  # noqa: F403
+from fluxtrain.optimise import ClipValue as ClipGrad
+from fluxtrain.optimise import Optimiser as OptimiserChain
 from fluxtrain.optimise import __all__ as _old_optimisers
 from fluxtrain.optimisers import Leaf, adjust, adjust_, freeze_, thaw_, trainables
 
@@ -49,6 +51,8 @@ __all__ = [
     "DomainError",
     "FluxDeprecationWarning",
     *_old_optimisers,
+    "OptimiserChain",
+    "ClipGrad",
 ]
 
 import fluxtrain.seeding  # noqa: E402,F401  (FLUXTRAIN_SEED set: seed random/numpy/torch now)

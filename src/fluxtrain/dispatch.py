@@ -1,19 +1,291 @@
-"""Stub: to be written (see docs/ARCHITECTURE.md)."""
+"""The public ``train_``, ``update_``, ``gradient`` and ``withgradient`` of both styles.
 
+As in Flux 0.13.9+, one function serves both styles; the arguments decide:
+
+* ``train_(loss, ps: Params, data, opt: old optimiser, cb=None)`` -> implicit
+  (deprecated: warns); ``train_(loss, model, data, opt_state)`` -> explicit.
+* ``update_(opt: old optimiser, ps: Params, gs: Grads)`` and
+  ``update_(opt, x: Tensor, g)`` -> implicit (deprecated: warns);
+  ``update_(opt_state, model, grads)`` -> explicit.
+* ``gradient(f, ps: Params)`` (``f`` of no arguments) -> :class:`Grads`
+  (deprecated: warns); ``gradient(f, *args)`` -> a tuple of gradient trees.
+
+Mixing the styles gives an error that says what to write instead (Flux's
+list in reference flux-implicit.md §5.5). Deprecation warnings are
+:class:`~fluxtrain.FluxDeprecationWarning`, once per call site, pointing at
+the caller's line; each names the explicit replacement and ``fluxtrain-migrate``.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
+import torch
 
-def train_(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("train_")
+from fluxtrain import explicit, gradients
+from fluxtrain.core.base import AbstractRule
+from fluxtrain.errors import warn_deprecated
+from fluxtrain.implicit.gradient import gradient_implicit, withgradient_implicit
+from fluxtrain.implicit.params import Grads, Params
+from fluxtrain.implicit.train import train_implicit, update_implicit
+from fluxtrain.optimise.optimisers import AbstractOptimiser
+
+__all__ = ["train_", "update_", "gradient", "withgradient"]
+
+_MIGRATE = "`fluxtrain-migrate` rewrites old scripts to the explicit style"
+_PKG_DIR = __file__.rsplit("/", 1)[0] + "/"
 
 
-def update_(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("update_")
+def _user_level() -> int:
+    """``stacklevel`` (for the caller of this helper) of the first frame outside fluxtrain."""
+    f = sys._getframe(2)
+    level = 2
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
-def gradient(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("gradient")
+def _is_ndarray(x: object) -> bool:
+    return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
 
 
-def withgradient(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("withgradient")
+def _is_explicit_grads(gs: object) -> bool:
+    """A gradient that looks like the explicit style's (a tree, or names to gradients)."""
+    if isinstance(gs, (tuple, list)):
+        return True
+    if isinstance(gs, Mapping) and not isinstance(gs, Grads):
+        return any(not isinstance(k, torch.Tensor) and not _is_ndarray(k) for k in gs)
+    return type(gs).__name__ == "StateTree"
+
+
+_E_PARAMS_STATE = (
+    "can't mix implicit Params with explicit state! train_(loss, params(model), data, opt) "
+    "needs an old optimiser from fluxtrain.optimise (e.g. fluxtrain.Adam()) as its 4th "
+    "argument, got {got}. Better: use the explicit style, with the model itself as 2nd "
+    "argument: opt_state = fluxtrain.setup(rule, model); "
+    "train_(lambda m, x, y: loss(m, x, y), model, data, opt_state). " + _MIGRATE
+)
+_E_PARAMS_RULE = (
+    "can't mix implicit Params with the explicit rule {got} from fluxtrain.optimisers! "
+    "With params(model) the optimiser must be an old one from fluxtrain.optimise "
+    "(fluxtrain.{name}()). Better: use the explicit style, with the model itself as 2nd "
+    "argument: opt_state = fluxtrain.setup({got}, model); "
+    "train_(lambda m, x, y: loss(m, x, y), model, data, opt_state). " + _MIGRATE
+)
+
+
+# ---------------------------------------------------------------------------- train_
+def train_(
+    loss: Callable[..., Any],
+    model: Any,
+    data: Any,
+    opt: Any,
+    cb: Any = None,
+    *,
+    progress: bool | None = None,
+) -> None:
+    """Train for one pass over ``data`` (Flux's ``train!``), in either style.
+
+    Explicit: ``train_(loss, model, data, opt_state)`` with ``loss(model, *d)``.
+    Implicit (deprecated): ``train_(loss, params(model), data, opt, cb=None)``
+    with ``loss(*d)`` closing over the model, ``opt`` an old optimiser from
+    ``fluxtrain.optimise`` and ``cb`` a callback or list of callbacks.
+
+    >>> import warnings, torch, fluxtrain
+    >>> warnings.simplefilter("ignore")
+    >>> w = torch.zeros(1, dtype=torch.float64)
+    >>> ps = fluxtrain.params(w)
+    >>> fluxtrain.train_(lambda x: (w * x).sum(), ps, [1.0], fluxtrain.Descent(0.1))
+    >>> w.tolist()
+    [-0.1]
+    """
+    if isinstance(model, Params):
+        if isinstance(opt, AbstractOptimiser):
+            warn_deprecated(
+                "train_(loss, ps, data, opt) with Params is the implicit style of Flux 0.13 and is "
+                "deprecated: use opt_state = fluxtrain.setup(opt, model) and "
+                "train_(lambda m, *d: loss(m, *d), model, data, opt_state), with the model as "
+                "the loss's first argument; callbacks go in your own for loop. " + _MIGRATE,
+                stacklevel=_user_level(),
+                key="train_",
+            )
+            return train_implicit(loss, model, data, opt, cb, progress=progress)
+        if isinstance(opt, AbstractRule):
+            raise TypeError(_E_PARAMS_RULE.format(got=repr(opt), name=type(opt).__name__))
+        raise TypeError(_E_PARAMS_STATE.format(got=type(opt).__name__))
+    if isinstance(opt, AbstractOptimiser) and isinstance(loss, Params):
+        raise TypeError(
+            "train_: the Params come second, train_(loss, ps, data, opt); got Params first"
+        )
+    return explicit.train_explicit(loss, model, data, opt, cb=cb, progress=progress)
+
+
+# ---------------------------------------------------------------------------- update_
+def update_(opt: Any, model: Any, grads: Any) -> Any:
+    """One optimisation step in place (Flux's ``update!``), in either style.
+
+    Explicit: ``update_(opt_state, model, grad)`` -> ``(opt_state, model)``.
+    Implicit (deprecated): ``update_(opt, ps, gs)`` with an old optimiser,
+    ``Params`` and ``Grads`` (returns ``ps``), or ``update_(opt, x, g)`` for
+    one tensor (returns ``x``).
+
+    >>> import warnings, torch, fluxtrain
+    >>> warnings.simplefilter("ignore")
+    >>> x = torch.tensor([1.0], dtype=torch.float64)
+    >>> _ = fluxtrain.update_(fluxtrain.Descent(0.5), x, torch.tensor([1.0], dtype=torch.float64))
+    >>> x.tolist()
+    [0.5]
+    """
+    if isinstance(opt, AbstractOptimiser):
+        if isinstance(model, Params):
+            if _is_explicit_grads(grads):
+                raise TypeError(
+                    "can't mix implicit Params with explicit gradients! update_(opt, ps, gs) "
+                    f"was given {type(grads).__name__} gradients.\n"
+                    "  * The implicit style needs implicit gradients: "
+                    "gs = gradient(lambda: loss(model, x), ps), then update_(opt, ps, gs).\n"
+                    "  * The explicit style needs the model itself: opt_state = "
+                    "fluxtrain.setup(opt, model), grad = gradient(lambda m: loss(m, x), "
+                    "model)[0], then update_(opt_state, model, grad). " + _MIGRATE
+                )
+            _warn_implicit_update()
+            return update_implicit(opt, model, grads)
+        if isinstance(model, torch.Tensor) or _is_ndarray(model):
+            if isinstance(grads, Grads):
+                if model not in grads:
+                    raise KeyError(
+                        "update_(opt, x, gs): x is not one of the parameters of these Grads"
+                    )
+                grads = grads[model]
+            _warn_implicit_update()
+            if _is_ndarray(model):
+                x = torch.from_numpy(model)  # type: ignore[arg-type]
+                update_implicit(opt, x, grads)
+                return model
+            return update_implicit(opt, model, grads)
+        raise TypeError(
+            f"Invalid input to update_: an old optimiser ({type(opt).__name__}) was given a "
+            f"{type(model).__name__} (a whole model) as its 2nd argument.\n"
+            "  * The implicit style needs update_(opt, ps, gs) with ps = params(model) and "
+            "gs = gradient(lambda: loss(model, x), ps).\n"
+            "  * The explicit style needs opt_state = fluxtrain.setup(opt, model) once, then "
+            "update_(opt_state, model, grad) with grad = gradient(lambda m: loss(m, x), "
+            "model)[0]. " + _MIGRATE
+        )
+    if isinstance(model, Params):
+        kind = "rule" if isinstance(opt, AbstractRule) else "state"
+        raise TypeError(
+            f"can't mix implicit Params with an explicit {kind} ({type(opt).__name__})! "
+            "update_(opt, ps, gs) needs an old optimiser from fluxtrain.optimise "
+            "(e.g. fluxtrain.Adam()). Better: opt_state = fluxtrain.setup(rule, model) and "
+            "update_(opt_state, model, grad) with the model itself. " + _MIGRATE
+        )
+    if isinstance(grads, Grads):
+        raise TypeError(
+            "the explicit update_(opt_state, model, grad) cannot be used with implicit "
+            "gradients (Grads from gradient(f, ps)): take the gradient with respect to the "
+            "model, grad = gradient(lambda m: loss(m, x), model)[0]. " + _MIGRATE
+        )
+    if isinstance(opt, AbstractRule):
+        raise TypeError(
+            f"update_ needs the state tree from setup(rule, model), got the rule {opt!r}; "
+            "call opt_state = fluxtrain.setup(rule, model) once before the training loop"
+        )
+    if (
+        type(grads) is tuple
+        and len(grads) >= 1
+        and not isinstance(model, (tuple, list))
+        and _looks_like_model_grad(grads[0], model)
+    ):
+        warnings.warn(
+            "explicit update_(opt_state, model, grad) wants the gradient for the model alone, "
+            "not the whole tuple returned by gradient(lambda m: loss(m, x, y), model): "
+            "you probably want grads[0], which is used now.",
+            UserWarning,
+            stacklevel=_user_level(),
+        )
+        grads = grads[0]
+    return explicit.update_explicit(opt, model, grads)
+
+
+def _looks_like_model_grad(g: object, model: object) -> bool:
+    if isinstance(model, torch.nn.Module):
+        return g is None or type(g).__name__ == "StateTree" or isinstance(g, Mapping)
+    if isinstance(model, Mapping):
+        return g is None or isinstance(g, Mapping)
+    return True
+
+
+def _warn_implicit_update() -> None:
+    warn_deprecated(
+        "update_(opt, ps, gs) with Params (or update_(opt, x, g)) is the implicit style of "
+        "Flux 0.13 and is deprecated: use opt_state = fluxtrain.setup(opt, model) once, then "
+        "update_(opt_state, model, grad) with grad = gradient(lambda m: loss(m, x), model)[0]. "
+        + _MIGRATE,
+        stacklevel=_user_level(),
+        key="update_",
+    )
+
+
+# ---------------------------------------------------------------------------- gradient
+def _is_implicit_call(args: tuple[Any, ...], name: str) -> bool:
+    if any(isinstance(a, Params) for a in args):
+        if len(args) != 1:
+            raise TypeError(
+                f"{name}(f, ps) with Params takes exactly one Params and f of no arguments; "
+                f"got {len(args)} arguments after f. For the explicit style pass the model "
+                f"and data instead: {name}(lambda m, x: loss(m, x), model, x)"
+            )
+        return True
+    return False
+
+
+def _warn_implicit_gradient(name: str) -> None:
+    warn_deprecated(
+        f"{name}(f, ps) with Params and a function of no arguments is the implicit style of "
+        f"Flux 0.13 and is deprecated: use {name}(lambda m: loss(m, x), model) and take "
+        "element [0] of the gradient (a tree shaped like the model). " + _MIGRATE,
+        stacklevel=_user_level(),
+        key=name,
+    )
+
+
+def gradient(f: Callable[..., Any], *args: Any) -> Any:
+    """Gradient of a scalar function, in either style.
+
+    Explicit: ``gradient(f, *args)`` -> a tuple with one gradient tree per argument.
+    Implicit (deprecated): ``gradient(f, ps)`` with ``f`` of no arguments and
+    ``ps`` a :class:`Params` -> :class:`Grads`.
+
+    >>> import warnings, torch, fluxtrain
+    >>> warnings.simplefilter("ignore")
+    >>> w = torch.tensor([3.0])
+    >>> fluxtrain.gradient(lambda: (w * w).sum(), fluxtrain.Params([w]))[w]
+    tensor([6.])
+    >>> fluxtrain.gradient(lambda v: (v * v).sum(), w)
+    (tensor([6.]),)
+    """
+    if _is_implicit_call(args, "gradient"):
+        _warn_implicit_gradient("gradient")
+        return gradient_implicit(f, args[0])
+    return gradients.gradient_explicit(f, *args)
+
+
+def withgradient(f: Callable[..., Any], *args: Any) -> Any:
+    """Value and gradient: ``(val, grad)`` with fields ``val`` and ``grad``, in either style.
+
+    >>> import warnings, torch, fluxtrain
+    >>> warnings.simplefilter("ignore")
+    >>> w = torch.tensor([3.0])
+    >>> r = fluxtrain.withgradient(lambda: (w * w).sum(), fluxtrain.Params([w]))
+    >>> r.val.item(), r.grad[w].tolist()
+    (9.0, [6.0])
+    """
+    if _is_implicit_call(args, "withgradient"):
+        _warn_implicit_gradient("withgradient")
+        return withgradient_implicit(f, args[0])
+    return gradients.withgradient_explicit(f, *args)

@@ -1,19 +1,230 @@
-"""Stub: to be written (see docs/ARCHITECTURE.md)."""
+"""Callback helpers of Flux 0.13: ``throttle``, ``stop``, ``skip`` and ``epochs``.
 
+``throttle`` is not deprecated (it works in any loop). ``stop``/``skip`` and
+``epochs`` are: a plain ``for`` loop with ``break``/``continue`` replaces them.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
+from fluxtrain.errors import warn_deprecated
 
-def throttle(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("throttle")
+__all__ = ["throttle", "stop", "skip", "epochs", "StopException", "SkipException", "runall"]
 
+_MIGRATE = "`fluxtrain-migrate` rewrites old scripts to the explicit style"
 
-def stop(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("stop")
-
-
-def skip(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("skip")
+#: The clock throttle reads (seconds, monotonic). Tests replace it with a fake clock.
+_now: Callable[[], float] = time.monotonic
 
 
-def epochs(*args: Any, **kwargs: Any) -> Any:
-    raise NotImplementedError("epochs")
+def _schedule(delay: float, fn: Callable[[], None]) -> Any:
+    """Run ``fn`` after ``delay`` seconds on a daemon thread (tests may replace this)."""
+    t = threading.Timer(max(delay, 0.0), fn)
+    t.daemon = True
+    t.start()
+    return t
+
+
+class StopException(Exception):
+    """Raised by :func:`stop`; ``train_`` ends the loop when it sees it."""
+
+
+class SkipException(Exception):
+    """Raised by :func:`skip`; ``train_`` goes on to the next data item."""
+
+
+def stop() -> None:
+    """End implicit ``train_`` after the current item (deprecated: use ``break``).
+
+    Raises :class:`StopException` (outside ``train_`` it propagates). Called
+    from the loss it ends training before that item's update; from a callback,
+    after it.
+    """
+    warn_deprecated(
+        "stop() is deprecated (removed in Flux 0.14): write the training loop yourself "
+        f"(for d in data: ... update_(opt_state, model, grad)) and use `break`; {_MIGRATE}",
+        stacklevel=2,
+        key="stop",
+    )
+    raise StopException()
+
+
+def skip() -> None:
+    """Skip the rest of the current item in implicit ``train_`` (deprecated: use ``continue``).
+
+    Raises :class:`SkipException`. Called from the loss it prevents that item's
+    update; from a callback the update has already happened.
+    """
+    warn_deprecated(
+        "skip() is deprecated (removed in Flux 0.14): write the training loop yourself "
+        f"(for d in data: ... update_(opt_state, model, grad)) and use `continue`; {_MIGRATE}",
+        stacklevel=2,
+        key="skip",
+    )
+    raise SkipException()
+
+
+def runall(cb: Callable[[], Any] | list[Callable[[], Any]] | None) -> Callable[[], None]:
+    """One function calling a callback or each of a list of callbacks, in order."""
+    if cb is None:
+        return lambda: None
+    if callable(cb):
+        return cb  # type: ignore[return-value]
+    if isinstance(cb, (list, tuple)):
+        cbs = list(cb)
+        for i, c in enumerate(cbs):
+            if not callable(c):
+                raise TypeError(f"cb[{i}] is {type(c).__name__}, not a function of no arguments")
+
+        def all_() -> None:
+            for c in cbs:
+                c()
+
+        return all_
+    raise TypeError(
+        f"cb must be a function of no arguments or a list of them, got {type(cb).__name__}"
+    )
+
+
+class _Throttled:
+    """The function returned by :func:`throttle`."""
+
+    def __init__(self, f: Callable[..., Any], timeout: float, leading: bool, trailing: bool):
+        self.f = f
+        self.timeout = float(timeout)
+        self.leading = leading
+        self.trailing = trailing
+        self._lock = threading.RLock()
+        self._ready = True  # "may fire now"
+        self._end = 0.0  # when the current cooldown ends
+        self._pending: tuple[tuple[Any, ...], dict[str, Any], bool] | None = None
+        self._result: Any = None
+        self.__wrapped__ = f
+
+    def _tick(self, now: float | None = None) -> None:
+        """End cooldowns that are over, running remembered calls (the timer's job)."""
+        with self._lock:
+            if now is None:
+                now = _now()
+            while not self._ready and now >= self._end:
+                if self._pending is not None:
+                    args, kwargs, keep = self._pending
+                    self._pending = None
+                    self._end += self.timeout
+                    r = self.f(*args, **kwargs)
+                    if keep:
+                        self._result = r
+                else:
+                    self._ready = True
+
+    def _on_timer(self) -> None:
+        try:
+            self._tick()
+        finally:
+            with self._lock:
+                if not self._ready:
+                    _schedule(max(self._end - _now(), 1e-3), self._on_timer)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            now = _now()
+            self._tick(now)
+            if self._ready:
+                if self.leading:
+                    self._result = self.f(*args, **kwargs)
+                else:
+                    self._pending = (args, kwargs, False)
+                self._ready = False
+                self._end = now + self.timeout
+                _schedule(self.timeout, self._on_timer)
+            elif self.trailing:
+                self._pending = (args, kwargs, True)
+            return self._result
+
+    def __repr__(self) -> str:
+        return (
+            f"throttle({self.f!r}, {self.timeout}, leading={self.leading}, "
+            f"trailing={self.trailing})"
+        )
+
+
+def throttle(
+    f: Callable[..., Any], timeout: float, leading: bool = True, trailing: bool = False
+) -> Callable[..., Any]:
+    """A function that calls ``f`` at most once per ``timeout`` seconds (Flux's ``throttle``).
+
+    A call when not cooling down runs ``f`` now (``leading=True``) or
+    remembers it for the end of the cooldown (``leading=False``), then starts
+    a cooldown of ``timeout`` seconds. Calls during the cooldown are dropped,
+    or with ``trailing=True`` the latest one is remembered. When a cooldown
+    ends with a remembered call, that call runs and another cooldown starts.
+    Returns the result of the last leading or trailing call that ran
+    (``None`` before any). Remembered calls run on a daemon timer thread,
+    which does not keep the process alive.
+
+    >>> from fluxtrain import throttle
+    >>> calls = []
+    >>> g = throttle(lambda: calls.append(1) or len(calls), 10)
+    >>> g(), g(), g()
+    (1, 1, 1)
+    """
+    if timeout < 0:
+        raise ValueError(f"throttle: timeout must be non-negative seconds, got {timeout}")
+    return _Throttled(f, timeout, leading, trailing)
+
+
+# ---------------------------------------------------------------------------- epochs
+class _VisibleInfo(logging.Handler):
+    """Prints ``[ Info: message`` to the current stderr when logging is not configured."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers:
+            return  # the application configured logging: the record propagates there
+        try:
+            sys.stderr.write(f"[ Info: {record.getMessage()}\n")
+            sys.stderr.flush()
+        except Exception:  # pragma: no cover
+            self.handleError(record)
+
+
+logger = logging.getLogger("fluxtrain.epochs")
+logger.setLevel(logging.INFO)
+if not any(isinstance(h, _VisibleInfo) for h in logger.handlers):
+    logger.addHandler(_VisibleInfo())
+
+
+def epochs(n: int) -> Iterator[int]:
+    """Iterate over ``1..n``, logging ``Epoch i`` before each (Flux's ``@epochs n``).
+
+    Deprecated: write ``for epoch in range(1, n + 1):`` (Flux 0.14 removed
+    ``@epochs``). The message is logged at INFO on the logger
+    ``fluxtrain.epochs`` and, when logging is not configured, printed to
+    stderr as ``[ Info: Epoch i``, as Flux prints it.
+
+    >>> import warnings
+    >>> from fluxtrain import epochs
+    >>> warnings.simplefilter("ignore")
+    >>> [i for i in epochs(2)]  # also prints "[ Info: Epoch 1" and "[ Info: Epoch 2"
+    [1, 2]
+    """
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise TypeError(f"epochs(n) needs a non-negative whole number of epochs, got {n!r}")
+    warn_deprecated(
+        "epochs(n) is deprecated (Flux 0.14 removed @epochs): write an ordinary loop, "
+        f"`for epoch in range(1, n + 1):`; {_MIGRATE}",
+        stacklevel=2,
+        key="epochs",
+    )
+    return _epochs(n)
+
+
+def _epochs(n: int) -> Iterator[int]:
+    for i in range(1, n + 1):
+        logger.info("Epoch %d", i)
+        yield i

@@ -67,8 +67,11 @@ def _walk(x: object, out: Params, seen: set[int]) -> None:
         if x.dtype.kind in "biufc":  # type: ignore[attr-defined]
             out._push_one(x)
         return
-    if x is None or isinstance(x, (str, bytes, int, float, complex, bool)) or callable(x) and not (
-        isinstance(x, torch.nn.Module)
+    if (
+        x is None
+        or isinstance(x, (str, bytes, int, float, complex, bool))
+        or callable(x)
+        and not (isinstance(x, torch.nn.Module))
     ):
         return
     if id(x) in seen:
@@ -377,9 +380,7 @@ class Grads:
     # ------------------------------------------------------------------ mapping API
     def _key(self, p: object) -> int:
         if isinstance(p, (int, float, complex, bool)):
-            raise TypeError(
-                f"Only tensors can be differentiated with Params, got the number {p!r}"
-            )
+            raise TypeError(f"Only tensors can be differentiated with Params, got the number {p!r}")
         t = self.params._tensor_for(p)
         if t is None:
             shape = tuple(p.shape) if hasattr(p, "shape") else type(p).__name__

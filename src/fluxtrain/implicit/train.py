@@ -1,0 +1,154 @@
+"""Implicit ``update_`` and ``train_`` (Flux 0.13's ``Flux.Optimise``).
+
+These are the implementations; the public ``fluxtrain.update_`` and
+``fluxtrain.train_`` (in :mod:`fluxtrain.dispatch`) pick them when given
+``Params`` and an old optimiser, and issue the deprecation warnings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping
+from functools import partial
+from typing import Any
+
+import torch
+
+from fluxtrain import trace
+from fluxtrain.core.ops import check_grad
+from fluxtrain.errors import DomainError
+from fluxtrain.implicit.callbacks import SkipException, StopException, runall
+from fluxtrain.implicit.gradient import withgradient_implicit
+from fluxtrain.implicit.params import Grads, Params
+from fluxtrain.optimise.optimisers import AbstractOptimiser, step_many_
+
+__all__ = ["update_implicit", "train_implicit"]
+
+
+def _lookup(gs: Any, x: torch.Tensor, ps: Params) -> Any:
+    if isinstance(gs, Grads):
+        return gs[x]
+    if isinstance(gs, Mapping):
+        if x in gs:
+            return gs[x]
+        # a numpy array given to params() stands for its tensor
+        for arr, t in ps._np.values():
+            if t is x and arr in gs:  # pragma: no cover - rare
+                return gs[arr]
+        raise KeyError(
+            f"the gradients have no entry for a parameter of shape {tuple(x.shape)}; "
+            "give a gradient (or None) for every tensor in the Params"
+        )
+    raise TypeError(f"gradients must be a Grads (from gradient(f, ps)), got {type(gs).__name__}")
+
+
+def update_implicit(
+    opt: AbstractOptimiser,
+    ps_or_x: Params | torch.Tensor,
+    gs_or_g: Any,
+    *,
+    loss: float | None = None,
+    copy: bool = True,
+) -> Params | torch.Tensor:
+    """Implicit ``update_(opt, ps, gs)`` or ``update_(opt, x, g)``: one step in place.
+
+    For each parameter of ``ps`` in order whose gradient is not ``None``, the
+    optimiser's rule computes a step from (a copy of) the gradient and the step
+    is subtracted in place. Returns ``ps`` (or ``x``).
+
+    >>> import torch
+    >>> from fluxtrain.optimise import Descent
+    >>> x = torch.tensor([1.0, 2.0], dtype=torch.float64)
+    >>> _ = update_implicit(Descent(0.1), x, torch.tensor([1.0, 1.0], dtype=torch.float64))
+    >>> x.tolist()
+    [0.9, 1.9]
+    """
+    if isinstance(ps_or_x, Params):
+        ps = ps_or_x
+        xs: list[torch.Tensor] = []
+        dxs: list[torch.Tensor] = []
+        for x in ps:
+            g = _lookup(gs_or_g, x, ps)
+            if g is None:
+                continue
+            g = check_grad(x, g, f"parameter {len(xs)} (shape {tuple(x.shape)})")
+            xs.append(x)
+            dxs.append(g.detach().clone() if copy else g.detach())
+        if xs:
+            step_many_(opt, xs, dxs)
+        if trace.active():
+            trace.record_step("implicit", list(ps), loss)
+        return ps
+    x = ps_or_x
+    if gs_or_g is None:
+        raise TypeError(
+            "update_(opt, x, g) needs a gradient tensor g, got None; "
+            "only update_(opt, ps, gs) skips parameters without gradient"
+        )
+    g = check_grad(x, gs_or_g)
+    step_many_(opt, [x], [g.detach().clone() if copy else g.detach()])
+    if trace.active():
+        trace.record_step("implicit", [x], loss)
+    return x
+
+
+def _loss_float(val: Any) -> float:
+    if isinstance(val, torch.Tensor):
+        return float(val.detach().reshape(()).item()) if val.numel() == 1 else float("nan")
+    return float(val)
+
+
+def _julia_num(v: float) -> str:
+    if math.isnan(v):
+        return "NaN"
+    if math.isinf(v):
+        return "Inf" if v > 0 else "-Inf"
+    return repr(v)
+
+
+def train_implicit(
+    loss: Callable[..., Any],
+    ps: Params,
+    data: Iterable[Any],
+    opt: AbstractOptimiser,
+    cb: Callable[[], Any] | list[Callable[[], Any]] | None = None,
+    *,
+    progress: bool | None = None,
+) -> None:
+    """Flux 0.13's implicit ``train_(loss, ps, data, opt, cb=...)``: one pass over ``data``.
+
+    For each item ``d`` (numbered from 1): the loss ``loss(*d)`` (``d`` a
+    tuple) or ``loss(d)`` and its gradient with respect to ``ps``; a
+    non-finite loss raises :class:`~fluxtrain.DomainError` before anything of
+    that step is applied; then ``update_(opt, ps, gs)``; then the callbacks
+    (a function or a list of functions). ``stop()`` (from the loss or a
+    callback) ends the loop; ``skip()`` goes on to the next item.
+
+    >>> import torch
+    >>> from fluxtrain.implicit.params import Params
+    >>> from fluxtrain.optimise import Descent
+    >>> w = torch.zeros(1, dtype=torch.float64)
+    >>> train_implicit(lambda x: (w * x).sum(), Params([w]), [1.0, 2.0], Descent(0.1),
+    ...                progress=False)
+    >>> w.tolist()
+    [-0.30000000000000004]
+    """
+    callback = runall(cb)
+    from fluxtrain.progress import progress_bar
+
+    with progress_bar(data, progress) as items:
+        for i, d in enumerate(items, 1):
+            try:
+                args: tuple[Any, ...] = d if isinstance(d, tuple) else (d,)
+                val, gs = withgradient_implicit(partial(loss, *args), ps)
+                lv = _loss_float(val)
+                if not math.isfinite(lv):
+                    raise DomainError(
+                        f"Loss is {_julia_num(lv)} on data item {i}, stopping training"
+                    )
+                update_implicit(opt, ps, gs, loss=lv, copy=False)
+                callback()
+            except StopException:
+                break
+            except SkipException:
+                continue

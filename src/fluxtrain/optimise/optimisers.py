@@ -1,0 +1,718 @@
+"""The old optimisers of Flux.Optimise 0.13.17: mutable, with state per parameter inside.
+
+Each old optimiser is a mutable object whose attributes are the Flux field
+names (``eta``, ``rho``, ``beta``, ``epsilon``, ``gamma``, ``wd``, ``thresh``,
+...). Assigning one (``opt.eta = 0.01``) takes effect on the next step; an
+invalid value is refused at the assignment.
+
+**No arithmetic of their own.** An old optimiser builds the rule-core rule
+that it translates to (:meth:`AbstractOptimiser.__fluxtrain_translate__`,
+rebuilt whenever a hyperparameter changes) and runs it through
+:func:`fluxtrain.core.apply_batched`; the step is subtracted with
+:func:`fluxtrain.core.subtract_many_`. An implicit ``Adam`` step and an
+explicit step of ``fluxtrain.optimisers.Adam`` are therefore the same bits.
+Consequences (deviations from Flux 0.13's own arithmetic, by design):
+hyperparameters are cast to the parameter's dtype as Optimisers.jl does
+(Flux 0.13 computed old rules in Float64); old ``ClipNorm`` raises
+``DomainError`` on a non-finite gradient norm (Flux 0.13's did nothing).
+
+**State** is kept per parameter tensor, keyed by identity, in a
+:class:`torch.utils.weak.WeakIdKeyDictionary`: an entry goes away when its
+tensor is garbage collected (Flux's ``IdDict`` leaked). The state has the
+layout of the new rule (so ``Momentum``'s velocity is Optimisers.jl's ``+v``,
+the negation of what Flux 0.13 stored); it is available as ``opt.state`` (and
+under Flux's field names ``velocity``, ``acc``, ``current``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch.utils.weak import WeakIdKeyDictionary
+
+from fluxtrain.core import rules as _rules
+from fluxtrain.core.base import AbstractRule, State, Step, maywrite
+from fluxtrain.core.batched import apply_batched
+from fluxtrain.core.ops import subtract_many_
+from fluxtrain.errors import warn_deprecated
+
+__all__ = [
+    "AbstractOptimiser",
+    "Descent",
+    "Momentum",
+    "Nesterov",
+    "RMSProp",
+    "Adam",
+    "RAdam",
+    "AdaMax",
+    "OAdam",
+    "AdaGrad",
+    "AdaDelta",
+    "AMSGrad",
+    "NAdam",
+    "AdamW",
+    "AdaBelief",
+    "InvDecay",
+    "ExpDecay",
+    "WeightDecay",
+    "ClipValue",
+    "ClipNorm",
+    "Optimiser",
+    "ADAM",
+    "NADAM",
+    "ADAMW",
+    "RADAM",
+    "OADAM",
+    "ADAGrad",
+    "ADADelta",
+    "step_many_",
+]
+
+EPS = 1e-8
+
+_MIGRATE = "`fluxtrain-migrate` rewrites old scripts"
+
+
+def _new(name: str) -> Any:
+    """The rule-core class ``name`` (looked up at use, so the core can grow)."""
+    try:
+        return getattr(_rules, name)
+    except AttributeError:
+        raise NotImplementedError(
+            f"the rule core has no {name} rule yet (fluxtrain.core.rules.{name})"
+        ) from None
+
+
+def clone_state(s: State) -> State:
+    """A copy of a rule state whose tensors are new (numbers and structure kept)."""
+    if isinstance(s, torch.Tensor):
+        return s.clone()
+    if isinstance(s, tuple):
+        items = [clone_state(v) for v in s]
+        if hasattr(s, "_fields"):
+            return type(s)(*items)
+        return tuple(items)
+    if isinstance(s, list):
+        return [clone_state(v) for v in s]
+    return s
+
+
+class AbstractOptimiser:
+    """Base class of the old (implicit-style) optimisers of ``fluxtrain.optimise``.
+
+    Subclasses list their hyperparameter names in ``_hyper`` and build their
+    rule-core rule in :meth:`_new_rule`. The protocol used by the rest of
+    fluxtrain:
+
+    * ``__fluxtrain_translate__()`` -> the new-style rule with the same arithmetic;
+    * ``__fluxtrain_state__(x)`` -> a copy of the accumulated state for
+      parameter ``x`` in that rule's layout, or ``None``;
+    * ``apply(x, dx)`` -> the step for ``x`` (Flux's ``apply!``; updates state).
+    """
+
+    _hyper: ClassVar[tuple[str, ...]] = ()
+    _states: WeakIdKeyDictionary
+    _cache: tuple[Any, AbstractRule] | None
+
+    def __init__(self) -> None:
+        object.__setattr__(self, "_states", WeakIdKeyDictionary())
+        object.__setattr__(self, "_cache", None)
+
+    # ------------------------------------------------------------------ hyperparameters
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._hyper and "_cache" in self.__dict__:
+            old = self.__dict__.get(name)
+            object.__setattr__(self, name, value)
+            if not all(n in self.__dict__ for n in self._hyper):
+                return  # still in __init__
+            try:
+                self._rule()
+            except NotImplementedError:
+                object.__setattr__(self, "_cache", None)  # the core rule has not landed yet
+            except Exception:
+                object.__setattr__(self, name, old)
+                object.__setattr__(self, "_cache", None)
+                raise
+            return
+        object.__setattr__(self, name, value)
+
+    def _new_rule(self) -> AbstractRule:
+        raise NotImplementedError(f"{type(self).__name__} must define _new_rule()")
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple((type(v), v) for v in (getattr(self, n) for n in self._hyper))
+
+    def _rule(self) -> AbstractRule:
+        """The rule-core rule for the current hyperparameters (cached until one changes)."""
+        key = self._key()
+        cache = self._cache
+        if cache is None or cache[0] != key:
+            cache = (key, self._new_rule())
+            object.__setattr__(self, "_cache", cache)
+        return cache[1]
+
+    # ------------------------------------------------------------------ state
+    @property
+    def state(self) -> WeakIdKeyDictionary:
+        """Per-parameter state (tensor -> state in the new rule's layout)."""
+        return self._states
+
+    def _peek_state(self, x: torch.Tensor) -> State | None:
+        return self._states.get(x)
+
+    def _has_state(self, x: torch.Tensor) -> bool:
+        return x in self._states
+
+    def _get_state(self, x: torch.Tensor) -> State:
+        if x not in self._states:
+            self._states[x] = self._rule().init(x)
+        return self._states[x]
+
+    def _put_state(self, x: torch.Tensor, s: State) -> None:
+        self._states[x] = s
+
+    def _finish_step(self) -> None:
+        """Called once after every update step (ExpDecay publishes its decayed eta)."""
+
+    # ------------------------------------------------------------------ protocol
+    def __fluxtrain_translate__(self) -> AbstractRule:
+        """The new-style rule that computes the same steps (a snapshot)."""
+        return self._rule()
+
+    def __fluxtrain_state__(self, x: torch.Tensor) -> State | None:
+        """A copy of the state accumulated for ``x`` (new layout), or None if none yet."""
+        if not self._has_state(x):
+            return None
+        return clone_state(self._peek_state(x))
+
+    def apply(self, x: torch.Tensor, dx: torch.Tensor) -> Step:
+        """Flux's ``apply!``: advance the state of ``x`` and return its step."""
+        return step_many_(self, [x], [dx], subtract=False)[0]
+
+    # ------------------------------------------------------------------ printing
+    def __repr__(self) -> str:
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._hyper)
+        return f"{type(self).__name__}({args})"
+
+
+def step_many_(
+    opt: AbstractOptimiser,
+    xs: Sequence[torch.Tensor],
+    dxs: Sequence[torch.Tensor],
+    *,
+    subtract: bool = True,
+) -> list[Step]:
+    """One optimiser step for many parameters at once; ``x -= step`` when ``subtract``.
+
+    Runs ``opt``'s rule-core rule through :func:`fluxtrain.core.apply_batched`
+    and subtracts with :func:`fluxtrain.core.subtract_many_`. Parameters must
+    be writable in place (the implicit style mutates the model).
+    """
+    if subtract:
+        for x in xs:
+            if not maywrite(x):
+                raise TypeError(
+                    f"implicit update_ changes parameters in place, but a parameter of shape "
+                    f"{tuple(x.shape)} is read-only (e.g. a numpy array with writeable=False); "
+                    "make it writable or use the explicit style, whose update returns new arrays"
+                )
+    rule = opt._rule()
+    states = [opt._get_state(x) for x in xs]
+    new_states, steps = apply_batched(rule, states, list(xs), list(dxs))
+    for x, s in zip(xs, new_states):
+        opt._put_state(x, s)
+    opt._finish_step()
+    if subtract:
+        subtract_many_(list(xs), steps)
+    return steps
+
+
+def _check_hyper_tuple(name: str, owner: str, value: Any) -> None:
+    if not isinstance(value, tuple):
+        raise TypeError(f"{owner}: {name}={value!r} is not a tuple; pass e.g. {name}=(0.9, 0.999)")
+
+
+# ---------------------------------------------------------------------------- the rules
+class Descent(AbstractOptimiser):
+    """Plain gradient descent: ``x -= eta * dx`` (Flux.Optimise.Descent, ``eta=0.1``).
+
+    >>> import torch
+    >>> from fluxtrain.optimise import Descent
+    >>> opt = Descent(0.1)
+    >>> x = torch.tensor([1.0, -2.0])
+    >>> opt.apply(x, torch.tensor([0.5, -0.25])).tolist()
+    [0.05000000074505806, -0.02500000037252903]
+    >>> opt.eta = 0.01   # mutable: takes effect on the next step
+    >>> opt
+    Descent(eta=0.01)
+    """
+
+    _hyper = ("eta",)
+
+    def __init__(self, eta: float = 0.1) -> None:
+        super().__init__()
+        self.eta = eta
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("Descent")(self.eta)  # type: ignore[no-any-return]
+
+
+class Momentum(AbstractOptimiser):
+    """Gradient descent with momentum (``eta=0.01, rho=0.9``); state: the velocity."""
+
+    _hyper = ("eta", "rho")
+
+    def __init__(self, eta: float = 0.01, rho: float = 0.9) -> None:
+        super().__init__()
+        self.eta = eta
+        self.rho = rho
+
+    @property
+    def velocity(self) -> WeakIdKeyDictionary:
+        return self._states
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("Momentum")(self.eta, self.rho)  # type: ignore[no-any-return]
+
+
+class Nesterov(AbstractOptimiser):
+    """Nesterov momentum (``eta=0.001, rho=0.9``); state: the velocity."""
+
+    _hyper = ("eta", "rho")
+
+    def __init__(self, eta: float = 0.001, rho: float = 0.9) -> None:
+        super().__init__()
+        self.eta = eta
+        self.rho = rho
+
+    @property
+    def velocity(self) -> WeakIdKeyDictionary:
+        return self._states
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("Nesterov")(self.eta, self.rho)  # type: ignore[no-any-return]
+
+
+class RMSProp(AbstractOptimiser):
+    """RMSProp, never centred (``eta=0.001, rho=0.9, epsilon=1e-8``)."""
+
+    _hyper = ("eta", "rho", "epsilon")
+
+    def __init__(self, eta: float = 0.001, rho: float = 0.9, epsilon: float = EPS) -> None:
+        super().__init__()
+        self.eta = eta
+        self.rho = rho
+        self.epsilon = epsilon
+
+    @property
+    def acc(self) -> WeakIdKeyDictionary:
+        return self._states
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("RMSProp")(self.eta, self.rho, self.epsilon)  # type: ignore[no-any-return]
+
+
+class _AdamLike(AbstractOptimiser):
+    _hyper = ("eta", "beta", "epsilon")
+    _new_name: ClassVar[str] = "Adam"
+
+    def __init__(
+        self, eta: float = 0.001, beta: tuple[float, float] = (0.9, 0.999), epsilon: float = EPS
+    ) -> None:
+        super().__init__()
+        self.eta = eta
+        self.beta = beta
+        self.epsilon = epsilon
+
+    def _new_rule(self) -> AbstractRule:
+        _check_hyper_tuple("beta", type(self).__name__, self.beta)
+        return _new(self._new_name)(self.eta, self.beta, self.epsilon)  # type: ignore[no-any-return]
+
+
+class Adam(_AdamLike):
+    """Adam (``eta=0.001, beta=(0.9, 0.999), epsilon=1e-8``).
+
+    >>> import torch
+    >>> from fluxtrain.optimise import Adam
+    >>> x = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    >>> opt = Adam()
+    >>> _ = opt.apply(x, torch.tensor([0.5, -0.25], dtype=torch.float64))
+    >>> opt.state[x].beta_t  # doctest: +SKIP
+    (0.81, 0.998001)
+    """
+
+    _new_name = "Adam"
+
+
+class RAdam(_AdamLike):
+    """Rectified Adam (``eta=0.001, beta=(0.9, 0.999), epsilon=1e-8``)."""
+
+    _new_name = "RAdam"
+
+
+class AdaMax(_AdamLike):
+    """AdaMax, Adam with the infinity norm (``eta=0.001, beta=(0.9, 0.999)``)."""
+
+    _new_name = "AdaMax"
+
+
+class OAdam(_AdamLike):
+    """Optimistic Adam (``eta=0.001, beta=(0.5, 0.9), epsilon=1e-8``; the code's default)."""
+
+    _new_name = "OAdam"
+
+    def __init__(
+        self, eta: float = 0.001, beta: tuple[float, float] = (0.5, 0.9), epsilon: float = EPS
+    ) -> None:
+        super().__init__(eta, beta, epsilon)
+
+
+class AMSGrad(_AdamLike):
+    """AMSGrad (``eta=0.001, beta=(0.9, 0.999), epsilon=1e-8``)."""
+
+    _new_name = "AMSGrad"
+
+
+class NAdam(_AdamLike):
+    """Nesterov Adam (``eta=0.001, beta=(0.9, 0.999), epsilon=1e-8``)."""
+
+    _new_name = "NAdam"
+
+
+class AdaBelief(_AdamLike):
+    """AdaBelief (``eta=0.001, beta=(0.9, 0.999), epsilon=1e-8``).
+
+    Flux 0.13's AdaBelief used ``epsilon**2`` wherever the new rule uses
+    ``epsilon``, so this one runs (and translates to) the new
+    ``AdaBelief(eta, beta, epsilon**2)``: the same numbers as Flux 0.13
+    (Flux's own translation passed ``epsilon`` unchanged, which did not).
+    """
+
+    _new_name = "AdaBelief"
+
+    def _new_rule(self) -> AbstractRule:
+        _check_hyper_tuple("beta", "AdaBelief", self.beta)
+        eps = float(self.epsilon) ** 2
+        return _new("AdaBelief")(self.eta, self.beta, eps)  # type: ignore[no-any-return]
+
+
+class AdaGrad(AbstractOptimiser):
+    """AdaGrad (``eta=0.1, epsilon=1e-8``); the accumulator starts at ``epsilon``."""
+
+    _hyper = ("eta", "epsilon")
+
+    def __init__(self, eta: float = 0.1, epsilon: float = EPS) -> None:
+        super().__init__()
+        self.eta = eta
+        self.epsilon = epsilon
+
+    @property
+    def acc(self) -> WeakIdKeyDictionary:
+        return self._states
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("AdaGrad")(self.eta, self.epsilon)  # type: ignore[no-any-return]
+
+
+class AdaDelta(AbstractOptimiser):
+    """AdaDelta (``rho=0.9, epsilon=1e-8``); no learning rate."""
+
+    _hyper = ("rho", "epsilon")
+
+    def __init__(self, rho: float = 0.9, epsilon: float = EPS) -> None:
+        super().__init__()
+        self.rho = rho
+        self.epsilon = epsilon
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("AdaDelta")(self.rho, self.epsilon)  # type: ignore[no-any-return]
+
+
+class WeightDecay(AbstractOptimiser):
+    """L2 weight decay: ``dx + wd * x`` (field ``wd``, default ``0``)."""
+
+    _hyper = ("wd",)
+
+    def __init__(self, wd: float = 0) -> None:
+        super().__init__()
+        self.wd = wd
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("WeightDecay")(self.wd)  # type: ignore[no-any-return]
+
+
+class ClipValue(AbstractOptimiser):
+    """Clamp each gradient entry to ``[-thresh, thresh]`` (translates to ``ClipGrad``)."""
+
+    _hyper = ("thresh",)
+
+    def __init__(self, thresh: float) -> None:
+        super().__init__()
+        self.thresh = thresh
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("ClipGrad")(self.thresh)  # type: ignore[no-any-return]
+
+
+class ClipNorm(AbstractOptimiser):
+    """Rescale a gradient whose 2-norm exceeds ``thresh`` (per array).
+
+    Runs the new ``ClipNorm(thresh)`` (p=2, throw=True): a non-finite norm
+    raises ``DomainError`` where Flux 0.13's silently did nothing.
+    """
+
+    _hyper = ("thresh",)
+
+    def __init__(self, thresh: float) -> None:
+        super().__init__()
+        self.thresh = thresh
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("ClipNorm")(self.thresh)  # type: ignore[no-any-return]
+
+
+class InvDecay(AbstractOptimiser):
+    """Inverse decay ``dx / (1 + gamma*n)`` with a counter ``n`` per parameter (``gamma=0.001``).
+
+    Runs (and translates to) fluxtrain's own rule ``fluxtrain.optimisers.InvDecay``:
+    Optimisers.jl has none.
+    """
+
+    _hyper = ("gamma",)
+
+    def __init__(self, gamma: float = 0.001) -> None:
+        super().__init__()
+        self.gamma = gamma
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("InvDecay")(self.gamma)  # type: ignore[no-any-return]
+
+
+class ExpDecay(AbstractOptimiser):
+    """Exponential decay of the step size (``eta=0.001, decay=0.1, decay_step=1000,
+    clip=1e-4, start=0``; Flux's constructor default ``start=0``).
+
+    Runs (and translates to) fluxtrain's own rule ``fluxtrain.optimisers.ExpDecay``,
+    whose state per parameter carries the step counter and the current
+    (decayed) rate. After every step this object publishes the decayed rate as
+    ``opt.eta``, as Flux 0.13 mutated its ``eta`` field, so old code reading
+    ``opt.eta`` sees the schedule. Parameters seen for the first time later
+    start from the current ``opt.eta``. Assigning ``opt.eta`` yourself resets
+    the current rate of every parameter to the new value (the counters keep
+    running).
+
+    >>> import torch
+    >>> from fluxtrain.optimise import ExpDecay
+    >>> o = ExpDecay(0.2, 0.5, 1, 1e-3)
+    >>> p = torch.zeros(1, dtype=torch.float64)
+    >>> [o.apply(p, torch.ones(1, dtype=torch.float64)).item() for _ in range(3)]  # doctest: +SKIP
+    [0.1, 0.05, 0.025]
+    """
+
+    _hyper = ("eta", "decay", "decay_step", "clip", "start")
+    _published: float | None
+
+    def __init__(
+        self,
+        eta: float = 0.001,
+        decay: float = 0.1,
+        decay_step: int = 1000,
+        clip: float = 1e-4,
+        start: int = 0,
+    ) -> None:
+        super().__init__()
+        self.eta = eta
+        self.decay = decay
+        self.decay_step = decay_step
+        self.clip = clip
+        self.start = start
+        object.__setattr__(self, "_published", None)
+
+    @property
+    def step(self) -> int:
+        """Flux's field name for ``decay_step``."""
+        return self.decay_step
+
+    @property
+    def current(self) -> WeakIdKeyDictionary:
+        return self._states
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        super().__setattr__(name, value)
+        if name == "eta" and "_published" in self.__dict__ and value != self._published:
+            # the user set the rate: every parameter continues from the new value
+            for x in list(self._states.keys()):
+                self._states[x] = _with_eta(self._states[x], float(value))
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("ExpDecay")(  # type: ignore[no-any-return]
+            self.eta, self.decay, self.decay_step, self.clip, self.start
+        )
+
+    def _finish_step(self) -> None:
+        etas = [e for e in (_eta_of(s) for s in self._states.values()) if e is not None]
+        if etas:
+            new = min(etas)
+            object.__setattr__(self, "_published", new)
+            object.__setattr__(self, "eta", new)
+
+
+def _eta_of(s: State) -> float | None:
+    for name in ("eta", "eta_current", "current"):
+        v = getattr(s, name, None)
+        if isinstance(v, (int, float)):
+            return float(v)
+    return None
+
+
+def _with_eta(s: State, eta: float) -> State:
+    for name in ("eta", "eta_current", "current"):
+        if isinstance(getattr(s, name, None), (int, float)) and hasattr(s, "_replace"):
+            return s._replace(**{name: eta})
+    return s
+
+
+class Optimiser(AbstractOptimiser):
+    """Compose old optimisers: each transforms the previous one's step (``OptimiserChain``).
+
+    List-like: ``opt[0]``, ``opt[1:]`` (a new Optimiser sharing the members and
+    hence their state), ``len``, iteration, ``opt[i] = o``, ``push``/``append``.
+    Translates to ``fluxtrain.optimisers.OptimiserChain`` of the members'
+    translations; its state for a parameter is the tuple of the members' states.
+
+    >>> from fluxtrain.optimise import Optimiser, ClipValue, Adam
+    >>> opt = Optimiser(ClipValue(1e-3), Adam(1e-3))
+    >>> opt[1].eta = 1e-4
+    >>> opt
+    Optimiser(ClipValue(thresh=0.001), Adam(eta=0.0001, beta=(0.9, 0.999), epsilon=1e-08))
+    """
+
+    os: list[AbstractOptimiser]
+
+    def __init__(self, *os: Any) -> None:
+        super().__init__()
+        members: list[Any]
+        if len(os) == 1 and not isinstance(os[0], AbstractOptimiser):
+            members = list(os[0])
+        else:
+            members = list(os)
+        for i, o in enumerate(members):
+            _check_member(o, i)
+        object.__setattr__(self, "os", members)
+
+    def _key(self) -> tuple[Any, ...]:
+        return tuple((id(o), o._key()) for o in self.os)
+
+    def _new_rule(self) -> AbstractRule:
+        return _new("OptimiserChain")(*(o._rule() for o in self.os))  # type: ignore[no-any-return,unused-ignore]
+
+    def _has_state(self, x: torch.Tensor) -> bool:
+        return any(o._has_state(x) for o in self.os)
+
+    def _peek_state(self, x: torch.Tensor) -> State | None:
+        if not self._has_state(x):
+            return None
+        return tuple(o._peek_state(x) if o._has_state(x) else o._rule().init(x) for o in self.os)
+
+    def _get_state(self, x: torch.Tensor) -> State:
+        return tuple(o._get_state(x) for o in self.os)
+
+    def _put_state(self, x: torch.Tensor, s: State) -> None:
+        for o, si in zip(self.os, s):
+            o._put_state(x, si)
+
+    def _finish_step(self) -> None:
+        for o in self.os:
+            o._finish_step()
+
+    @property
+    def state(self) -> WeakIdKeyDictionary:
+        raise AttributeError("an Optimiser keeps no state itself: see opt[i].state")
+
+    # ------------------------------------------------------------------ list API
+    def __len__(self) -> int:
+        return len(self.os)
+
+    def __iter__(self) -> Iterator[AbstractOptimiser]:
+        return iter(list(self.os))
+
+    def __getitem__(self, i: int | slice) -> Any:
+        if isinstance(i, slice):
+            return Optimiser(self.os[i])
+        return self.os[i]
+
+    def __setitem__(self, i: int, o: AbstractOptimiser) -> None:
+        _check_member(o, i)
+        self.os[i] = o
+
+    def push(self, *os: AbstractOptimiser) -> Optimiser:
+        for o in os:
+            _check_member(o, len(self.os))
+            self.os.append(o)
+        return self
+
+    append = push
+
+    def first(self) -> AbstractOptimiser:
+        return self.os[0]
+
+    def last(self) -> AbstractOptimiser:
+        return self.os[-1]
+
+    def __repr__(self) -> str:
+        return f"Optimiser({', '.join(map(repr, self.os))})"
+
+
+def _check_member(o: object, i: int) -> None:
+    if not isinstance(o, AbstractOptimiser):
+        hint = ""
+        if isinstance(o, AbstractRule):
+            hint = (
+                "; this is a new-style rule: use fluxtrain.optimisers.OptimiserChain for "
+                "new rules, or the old optimiser of the same name from fluxtrain.optimise"
+            )
+        raise TypeError(f"Optimiser: member {i} is {type(o).__name__}, not an old optimiser{hint}")
+
+
+def AdamW(
+    eta: float = 0.001, beta: tuple[float, float] = (0.9, 0.999), decay: float = 0
+) -> Optimiser:
+    """Adam with decoupled weight decay, as Flux 0.13: Adam, then WeightDecay.
+
+    ``AdamW(eta, beta, decay)`` is ``Optimiser(Adam(eta, beta), WeightDecay(decay))``.
+
+    Change its learning rate with ``opt[0].eta = ...``. Translates to
+    ``OptimiserChain(Adam(eta, beta, 1e-8), WeightDecay(decay))``, which computes
+    the same as the new ``AdamW(eta, beta, decay, couple=False)``.
+
+    >>> from fluxtrain.optimise import AdamW
+    >>> AdamW(0.001, (0.9, 0.999), 0.1)
+    Optimiser(Adam(eta=0.001, beta=(0.9, 0.999), epsilon=1e-08), WeightDecay(wd=0.1))
+    """
+    return Optimiser(Adam(eta, beta), WeightDecay(decay))
+
+
+# ---------------------------------------------------------------------------- deprecated names
+def _alias(old: str, new: Any) -> Any:
+    def alias(*args: Any, **kwargs: Any) -> Any:
+        warn_deprecated(
+            f"{old} is deprecated, use {new.__name__} instead (renamed in Flux 0.13.4); {_MIGRATE}",
+            stacklevel=2,
+            key=old,
+        )
+        return new(*args, **kwargs)
+
+    alias.__name__ = alias.__qualname__ = old
+    alias.__doc__ = f"Deprecated alias of :func:`{new.__name__}` (warns)."
+    return alias
+
+
+ADAM = _alias("ADAM", Adam)
+NADAM = _alias("NADAM", NAdam)
+ADAMW = _alias("ADAMW", AdamW)
+RADAM = _alias("RADAM", RAdam)
+OADAM = _alias("OADAM", OAdam)
+ADAGrad = _alias("ADAGrad", AdaGrad)
+ADADelta = _alias("ADADelta", AdaDelta)
