@@ -30,3 +30,22 @@ def step_batched(rule: AbstractRule, states: list, xs: Sequence[torch.Tensor],
     new, steps = apply_batched(rule, states, xs, grads)
     subtract_many_(xs, steps)
     return new
+
+
+def bits_equal(a: object, b: object) -> bool:
+    """Bitwise equality of tensors, or of (named) tuples/lists of them and numbers."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+            return False
+        if a.dtype != b.dtype or a.shape != b.shape:
+            return False
+        a_bytes = a.reshape(-1).contiguous().view(torch.uint8)
+        return torch.equal(a_bytes, b.reshape(-1).contiguous().view(torch.uint8))
+    if isinstance(a, (tuple, list)):
+        return (
+            isinstance(b, (tuple, list))
+            and type(a) is type(b)
+            and len(a) == len(b)
+            and all(bits_equal(x, y) for x, y in zip(a, b))
+        )
+    return type(a) is type(b) and a == b
