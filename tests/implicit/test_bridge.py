@@ -48,7 +48,9 @@ def make_model():
 
 def batches():
     g = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)) for _ in range(STEPS)]
+    return [
+        (torch.randn(16, 4, generator=g), torch.randn(16, 1, generator=g)) for _ in range(STEPS)
+    ]
 
 
 def lossf(m, x, y):
