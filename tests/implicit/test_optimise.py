@@ -250,8 +250,8 @@ def test_deprecated_aliases_warn_at_caller():
         with pytest.warns(
             fluxtrain.FluxDeprecationWarning, match=f"{alias} is deprecated, use {cls.__name__}"
         ) as rec:
+            line = __import__("inspect").currentframe().f_lineno + 1
             o = getattr(fluxtrain, alias)(0.1)
-            line = __import__("inspect").currentframe().f_lineno  # noqa: E702
         assert isinstance(o, cls) and o.eta == 0.1 if hasattr(o, "eta") else True
         assert rec[0].filename == __file__ and rec[0].lineno == line
         assert "fluxtrain-migrate" in str(rec[0].message)
