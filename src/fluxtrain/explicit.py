@@ -159,8 +159,11 @@ def train_explicit(
             "        fluxtrain.update_(opt_state, model, grads[0])\n"
             "        ...  # callback code here; `break` replaces stop(), `continue` skip()"
         )
-    if isinstance(opt_state, AbstractRule) or hasattr(opt_state, "__fluxtrain_translate__"):
-        name = type(opt_state).__name__
+    if isinstance(opt_state, AbstractRule) or hasattr(type(opt_state), "__fluxtrain_translate__"):
+        new_rule = opt_state if isinstance(opt_state, AbstractRule) else (
+            opt_state.__fluxtrain_translate__()
+        )
+        name = type(new_rule).__name__
         opt_state = interface.setup(opt_state, model)
         if _has_state(opt_state):
             warnings.warn(

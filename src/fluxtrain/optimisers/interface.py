@@ -80,7 +80,7 @@ def setup(rule: Any, model: Any) -> Any:
     >>> setup(Momentum(), m)
     {'x': Leaf(Momentum(eta=0.01, rho=0.9), [0.0, 0.0, 0.0]), 'y': ((), ()), 'z': ()}
     """
-    if hasattr(rule, "__fluxtrain_translate__"):
+    if hasattr(type(rule), "__fluxtrain_translate__"):
         new_rule = rule.__fluxtrain_translate__()
         warn_deprecated(
             f"setup: {type(rule).__name__} is an old-style (implicit) optimiser from "
@@ -100,7 +100,7 @@ def setup(rule: Any, model: Any) -> Any:
         init = rule.init
     else:
         hint = ""
-        if isinstance(model, AbstractRule) or hasattr(model, "__fluxtrain_translate__"):
+        if isinstance(model, AbstractRule) or hasattr(type(model), "__fluxtrain_translate__"):
             hint = " (the arguments are the other way round: setup(rule, model))"
         raise TypeError(
             f"setup needs an optimisation rule such as Adam() as its first argument, "
