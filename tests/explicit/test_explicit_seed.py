@@ -167,3 +167,20 @@ def test_freeze_thaw_example() -> None:
     assert thaw_(s) is None
     assert repr(s.x) == "(Leaf(Momentum(eta=0.01, rho=0.9), [0.0]), ())"
     assert s.x[0] == Leaf(Momentum(), f64(0.0))
+
+
+def test_seed_example_through_the_public_names() -> None:
+    import fluxtrain
+
+    model = DenseModule()
+    opt_state = fluxtrain.setup(Momentum(0.1), model)
+    fluxtrain.train_(seed_loss, model, [(X1, Y1), (X1, Y1)], opt_state, progress=False)
+    assert model.bias.tolist() == [10.19]
+    # the loop train_ stands for, written by hand with the public names
+    model2 = DenseModule()
+    st2 = fluxtrain.setup(Momentum(0.1), model2)
+    for d in [(X1, Y1), (X1, Y1)]:
+        grads = fluxtrain.gradient(seed_loss, model2, *d)
+        fluxtrain.update_(st2, model2, grads[0])
+    assert torch.equal(model2.weight, model.weight) and torch.equal(model2.bias, model.bias)
+    assert st2 == opt_state
