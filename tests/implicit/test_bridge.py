@@ -1,7 +1,6 @@
 """Issue 4 acceptance 1: implicit steps == explicit steps of the translation, bit for bit,
 and switching style mid-run (setup(old_opt, model)) loses nothing."""
 
-import copy
 import warnings
 
 import pytest
