@@ -1,0 +1,178 @@
+"""One rank of the 2-process gloo tests (run as a script by test_distributed.py).
+
+Usage: python dist_worker.py RANK WORLD PORT OUTFILE
+
+Runs every scenario of :data:`SCENARIOS` in one process group (starting
+Python and torch once per rank keeps the tests fast) and saves, per scenario,
+the final parameters (or the error message) and the number of all-reduce calls
+made, with ``torch.save`` to OUTFILE.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import traceback
+import warnings
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import distcommon as C  # noqa: E402
+
+import fluxtrain  # noqa: E402
+from fluxtrain import distributed as D  # noqa: E402
+from fluxtrain import optimisers as O  # noqa: E402
+
+_calls = {"n": 0}
+_real_all_reduce = dist.all_reduce
+
+
+def _counting_all_reduce(*args, **kwargs):
+    _calls["n"] += 1
+    return _real_all_reduce(*args, **kwargs)
+
+
+dist.all_reduce = _counting_all_reduce  # the module's own calls go through this name
+
+
+def params_of(model):
+    return [p.detach().clone() for p in fluxtrain.trainables(model)]
+
+
+# ---------------------------------------------------------------------------- scenarios
+def hand_explicit(rank, world):
+    model = C.make_model()
+    st = O.setup(O.Adam(C.ETA), model)
+    for x, y in C.local_batches(rank, world):
+        g = fluxtrain.gradient(C.loss, model, x, y)[0]
+        g = D.average_gradient_tree(g, model)
+        fluxtrain.update_(st, model, g)
+    return params_of(model)
+
+
+def hand_implicit(rank, world):
+    model = C.make_model()
+    ps = fluxtrain.params(model)
+    opt = fluxtrain.optimise.Adam(C.ETA)
+    for x, y in C.local_batches(rank, world):
+        gs = fluxtrain.gradient(lambda x=x, y=y: C.loss(model, x, y), ps)
+        gs = D.sync_gradients(ps, gs)
+        fluxtrain.update_(opt, ps, gs)
+    return params_of(model)
+
+
+def train_explicit(rank, world):
+    model = C.make_model()
+    st = fluxtrain.setup(O.Adam(C.ETA), model)
+    fluxtrain.train_(C.loss, model, C.local_batches(rank, world), st)
+    return params_of(model)
+
+
+def train_implicit(rank, world):
+    model = C.make_model()
+    ps = fluxtrain.params(model)
+    opt = fluxtrain.optimise.Adam(C.ETA)
+    fluxtrain.train_(lambda x, y: C.loss(model, x, y), ps, C.local_batches(rank, world), opt)
+    return params_of(model)
+
+
+def train_ddp(rank, world):
+    model = C.make_model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    st = fluxtrain.setup(O.Adam(C.ETA), ddp)
+    fluxtrain.train_(C.loss, ddp, C.local_batches(rank, world), st)
+    return params_of(model)
+
+
+def ddp_backward(rank, world):
+    """DDP's own averaging (loss.backward) + sync_gradients: must not average again."""
+    model = C.make_model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    st = fluxtrain.setup(O.Adam(C.ETA), ddp)
+    ours = 0
+    for x, y in C.local_batches(rank, world):
+        for p in ddp.parameters():
+            p.grad = None
+        C.loss(ddp, x, y).backward()
+        grads = {n: p.grad for n, p in ddp.named_parameters()}
+        before = _calls["n"]
+        g = D.sync_gradients(ddp, grads)
+        ours += _calls["n"] - before
+        assert g is grads
+        fluxtrain.update_(st, ddp, g)
+    return {"params": params_of(model), "fluxtrain_all_reduces": ours}
+
+
+def none_pattern(rank, world):
+    """Rank 1 never uses "b": its gradient there is None and must count as zeros."""
+    m = {"a": torch.tensor([1.0, -2.0]), "b": torch.tensor([0.5, 3.0])}
+    st = O.setup(O.Descent(0.1), m)
+    g = fluxtrain.gradient(lambda m: C.none_loss(m, rank), m)[0]
+    had_none = g["b"] is None
+    g2 = D.average_gradient_tree(g, m)
+    fluxtrain.update_(st, m, g2)
+    try:
+        D.average_gradients([g["a"], g["b"]])  # without parameters: a clear error
+        err = None
+    except ValueError as e:
+        err = str(e)
+    return {"a": m["a"].clone(), "b": m["b"].clone(), "had_none": had_none, "error": err}
+
+
+def buckets(rank, world):
+    """all-reduce calls: 1 flags + one per (dtype) group with the default cap; more if tiny."""
+    xs = [torch.full((1000,), float(rank + 1)), torch.full((10,), 2.0 * rank, dtype=torch.float64),
+          torch.full((3, 4), float(rank)), torch.full((5,), -1.0 * rank, dtype=torch.float64)]
+    before = _calls["n"]
+    D.average_gradients(xs)
+    big = _calls["n"] - before
+    ys = [torch.full((1000,), float(rank + 1)) for _ in range(4)]
+    before = _calls["n"]
+    D.average_gradients(ys, bucket_cap_mb=4000 * 1.5 / 2**20)  # 1.5 tensors per bucket
+    small = _calls["n"] - before
+    return {"xs": xs, "ys": ys, "calls_default": big, "calls_small": small}
+
+
+SCENARIOS = {
+    "hand_explicit": hand_explicit,
+    "hand_implicit": hand_implicit,
+    "train_explicit": train_explicit,
+    "train_implicit": train_implicit,
+    "train_ddp": train_ddp,
+    "ddp_backward": ddp_backward,
+    "none_pattern": none_pattern,
+    "buckets": buckets,
+}
+
+
+def main() -> None:
+    rank, world, port, out = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+    warnings.simplefilter("ignore")
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=world,
+        timeout=datetime.timedelta(seconds=60),
+    )
+    results = {}
+    for name, fn in SCENARIOS.items():
+        dist.barrier()
+        try:
+            results[name] = {"ok": fn(rank, world)}
+        except Exception:
+            results[name] = {"error": traceback.format_exc()}
+    results["rank0"] = D.is_rank0()
+    results["is_distributed"] = D.is_distributed()
+    dist.barrier()
+    dist.destroy_process_group()
+    torch.save(results, out)
+
+
+if __name__ == "__main__":
+    main()
