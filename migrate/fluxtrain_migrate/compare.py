@@ -41,7 +41,10 @@ against a step count instead of the clock.
 Parameter lists of different lengths (e.g. ``params(model[0])`` in OLD, the whole
 model with the rest frozen in NEW) are aligned in order by shape and dtype; a
 parameter present in one trace only must keep the same value at every step
-(it is frozen), else the traces diverge.
+(it is frozen), else the traces diverge. Its value before the first step is not
+in the trace, so a parameter wrongly trained by one script only shows from
+step 2 (with the note that it may have moved at step 1 already); a one-step
+run cannot show it at all.
 """
 
 from __future__ import annotations
@@ -479,7 +482,9 @@ def compare_traces(
                     other = "NEW" if side == "OLD" else "OLD"
                     d = _diff(first[i], params[i], _label(params[i], i))
                     d.note = (
-                        f"trained in {side} only ({other} does not train it); change since step 1"
+                        f"trained in {side} only ({other} does not train it): this is its "
+                        "change since step 1 (a trace starts after the first step, so it may "
+                        "have moved at step 1 already)"
                     )
                     diffs.append(d)
         lo, ln = ro.get("loss"), rn.get("loss")
