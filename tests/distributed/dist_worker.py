@@ -137,7 +137,25 @@ def buckets(rank, world):
     return {"xs": xs, "ys": ys, "calls_default": big, "calls_small": small}
 
 
+def ckpt_ddp(rank, world):
+    """Checkpoints of a DDP model use the inner paths and load onto DDP and plain models."""
+    from fluxtrain import checkpoint as CK
+
+    model = C.make_model()
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    st = O.setup(O.Adam(C.ETA), ddp)
+    for x, y in C.local_batches(rank, world)[:3]:
+        g = D.sync_gradients(ddp, fluxtrain.gradient(C.loss, ddp, x, y)[0])
+        fluxtrain.update_(st, ddp, g)
+    d = CK.state_dict(st, ddp)
+    st_ddp = CK.load_state_dict(d, ddp)
+    st_plain = CK.load_state_dict(d, C.make_model())
+    return {"paths": d["paths"], "ddp_keys": list(st_ddp), "equal": st_ddp == st,
+            "plain_equal": st_plain == st["module"]}
+
+
 SCENARIOS = {
+    "ckpt_ddp": ckpt_ddp,
     "hand_explicit": hand_explicit,
     "hand_implicit": hand_implicit,
     "train_explicit": train_explicit,

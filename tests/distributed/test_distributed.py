@@ -214,6 +214,12 @@ def test_ddp_backward_is_not_averaged_twice(results):
     _assert_close_rel(r0["params"], reference_explicit())
 
 
+def test_checkpoint_of_ddp_model_uses_inner_paths(results):
+    for r in _ok(results, "ckpt_ddp"):
+        assert r["paths"] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+        assert r["ddp_keys"] == ["module"] and r["equal"] and r["plain_equal"]
+
+
 # ---------------------------------------------------------------------------- train_
 @NOT_WIRED
 def test_train_explicit(results):
