@@ -68,18 +68,32 @@ MAX_STEPS_ENV = "FLUXTRAIN_TRACE_MAX_STEPS"
 DEFAULT_VALUES_MAX = 1 << 20
 
 _STYLES = ("explicit", "implicit")
-_environ = os.environ
 _lock = threading.Lock()
 _counters: dict[str, int] = {}
+
+# ``os.environ.get`` encodes the key and decodes the value at every call (a few
+# microseconds); the dict behind ``os.environ`` is kept in sync by every
+# ``os.environ[...] = ...``/``del``/``putenv`` through it and reads in ~30 ns.
+_ENVIRON = os.environ
+try:
+    _ENV_DATA: dict[Any, Any] | None = _ENVIRON._data  # type: ignore[attr-defined]
+    _TRACE_KEY: Any = _ENVIRON.encodekey(TRACE_ENV)  # type: ignore[attr-defined]
+except AttributeError:  # pragma: no cover - not CPython's os._Environ
+    _ENV_DATA = None
+    _TRACE_KEY = TRACE_ENV
 
 
 def active() -> bool:
     """Whether tracing is on: ``FLUXTRAIN_TRACE`` is set to a non-empty path.
 
-    Read afresh at every call (a dictionary look-up), so setting or clearing the
-    variable at run time takes effect at the next step.
+    Read afresh at every call (one dictionary look-up), so setting or clearing
+    the variable at run time (``os.environ[...] = ...``) takes effect at the next
+    step.
     """
-    return bool(_environ.get(TRACE_ENV))
+    env = os.environ
+    if env is _ENVIRON and _ENV_DATA is not None:
+        return bool(_ENV_DATA.get(_TRACE_KEY))
+    return bool(env.get(TRACE_ENV))
 
 
 def reset() -> None:
@@ -158,11 +172,11 @@ def decode_values(entry: Mapping[str, Any]) -> torch.Tensor | None:
 
 
 def _env_flag(name: str) -> bool:
-    return _environ.get(name, "") not in ("", "0")
+    return os.environ.get(name, "") not in ("", "0")
 
 
 def _env_int(name: str, default: int | None) -> int | None:
-    raw = _environ.get(name, "")
+    raw = os.environ.get(name, "")
     if raw == "":
         return default
     try:
@@ -193,7 +207,7 @@ def record_step(style: str, params: Iterable[Any], loss: Any | None) -> None:
     ``None``. Does nothing when tracing is off. Callers are expected to guard
     with :func:`active` so that an untraced step costs nothing.
     """
-    path = _environ.get(TRACE_ENV)
+    path = os.environ.get(TRACE_ENV)
     if not path:
         return
     if style not in _STYLES:
