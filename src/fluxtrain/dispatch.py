@@ -18,6 +18,7 @@ the caller's line; each names the explicit replacement and ``fluxtrain-migrate``
 
 from __future__ import annotations
 
+import inspect
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -254,6 +255,23 @@ def _warn_implicit_gradient(name: str) -> None:
     )
 
 
+def _check_zero_arg_misuse(f: Callable[..., Any], args: tuple[Any, ...], name: str) -> None:
+    """A function of no arguments given a model: the implicit style without Params."""
+    if len(args) != 1 or not callable(f):
+        return
+    try:
+        sig = inspect.signature(f)
+    except (TypeError, ValueError):
+        return
+    if sig.parameters:
+        return
+    raise TypeError(
+        f"{name}(f, x): f takes no arguments, which is the implicit style; it needs Params: "
+        f"{name}(f, fluxtrain.params(model)) (deprecated). The explicit style passes the "
+        f"model to f: {name}(lambda m: loss(m, x), model). " + _MIGRATE
+    )
+
+
 def gradient(f: Callable[..., Any], *args: Any) -> Any:
     """Gradient of a scalar function, in either style.
 
@@ -272,6 +290,7 @@ def gradient(f: Callable[..., Any], *args: Any) -> Any:
     if _is_implicit_call(args, "gradient"):
         _warn_implicit_gradient("gradient")
         return gradient_implicit(f, args[0])
+    _check_zero_arg_misuse(f, args, "gradient")
     return gradients.gradient_explicit(f, *args)
 
 
@@ -288,4 +307,5 @@ def withgradient(f: Callable[..., Any], *args: Any) -> Any:
     if _is_implicit_call(args, "withgradient"):
         _warn_implicit_gradient("withgradient")
         return withgradient_implicit(f, args[0])
+    _check_zero_arg_misuse(f, args, "withgradient")
     return gradients.withgradient_explicit(f, *args)

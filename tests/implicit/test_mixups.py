@@ -260,3 +260,26 @@ def test_old_optimisers_do_not_warn_on_construction():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         old.Adam(), old.Optimiser(old.ClipValue(1.0), old.Descent()), old.AdamW()
+
+
+def test_zero_argument_function_without_params():
+    w = torch.zeros(2)
+    with pytest.raises(TypeError, match="needs Params"):
+        fluxtrain.gradient(lambda: w.sum(), [w])
+    with pytest.raises(TypeError, match="needs Params"):
+        fluxtrain.withgradient(lambda: w.sum(), w)
+
+
+def test_old_optimiser_pickles_hyperparameters_only():
+    import copy
+    import pickle
+
+    from fluxtrain.optimise.optimisers import step_many_
+
+    a = old.Optimiser(old.ClipValue(1.0), old.Adam(0.01))
+    x = torch.ones(2)
+    step_many_(a, [x], [torch.ones(2)])
+    for b in (pickle.loads(pickle.dumps(a)), copy.deepcopy(a)):
+        assert repr(b) == repr(a)
+        assert len(b[1].state) == 0
+        step_many_(b, [torch.ones(2)], [torch.ones(2)])

@@ -191,6 +191,21 @@ class AbstractOptimiser:
         """Flux's ``apply!``: advance the state of ``x`` and return its step."""
         return step_many_(self, [x], [dx], subtract=False)[0]
 
+    # ------------------------------------------------------------------ copying
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickling and copying keep the hyperparameters, not the per-parameter state.
+
+        The state is keyed by tensor identity, which does not survive pickling;
+        to save training state, translate: ``fluxtrain.setup(opt, model)``.
+        """
+        return {k: v for k, v in self.__dict__.items() if k not in ("_states", "_cache")}
+
+    def __setstate__(self, d: dict[str, Any]) -> None:
+        object.__setattr__(self, "_states", WeakIdKeyDictionary())
+        object.__setattr__(self, "_cache", None)
+        for k, v in d.items():
+            object.__setattr__(self, k, v)
+
     # ------------------------------------------------------------------ printing
     def __repr__(self) -> str:
         args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._hyper)
