@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from fluxtrain import trace
-from fluxtrain.core.base import AbstractRule, maywrite
+from fluxtrain.core.base import AbstractRule
 from fluxtrain.errors import DomainError
 from fluxtrain.gradients import withgradient_explicit
 from fluxtrain.optimisers import interface
@@ -49,20 +49,21 @@ def setup(rule: Any, model: Any) -> Any:
 def check_mutable(model: Any, fname: str = "setup") -> None:
     """Raise ``ValueError`` naming the first trainable leaf that cannot be written in place."""
     for path, x in trainables(model, path=True):
+        if T.is_writable_leaf(x, T.kind(x)):
+            continue
         if T.kind(x) == T.NUMPY:
-            if not x.flags.writeable:
-                raise ValueError(
-                    f"{fname}: model must be fully mutable for train_ to work, got {path} :: "
-                    f"numpy.ndarray (read-only, dtype {x.dtype}). Make it writable "
-                    f"(e.g. {path.split('.')[-1]} = arr.copy()), or use "
-                    "fluxtrain.optimisers.setup with update/update_ and keep the model they return"
-                )
-        elif not maywrite(x):
+            why = "read-only" if not x.flags.writeable else "not viewable by torch.from_numpy"
             raise ValueError(
                 f"{fname}: model must be fully mutable for train_ to work, got {path} :: "
-                f"{type(x).__name__} that cannot be written in place (an inference-mode or "
-                "read-only tensor); replace it by an ordinary tensor (x.clone())"
+                f"numpy.ndarray ({why}, dtype {x.dtype}). Replace it by a writable, "
+                "native-order copy (np.array(arr)), or use fluxtrain.optimisers.setup with "
+                "update/update_ and keep the model they return"
             )
+        raise ValueError(
+            f"{fname}: model must be fully mutable for train_ to work, got {path} :: "
+            f"{type(x).__name__} that cannot be written in place (an inference-mode or "
+            "read-only tensor); replace it by an ordinary tensor (x.clone())"
+        )
 
 
 def update_explicit(

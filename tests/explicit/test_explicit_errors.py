@@ -205,3 +205,13 @@ def test_gradient_needs_a_scalar_loss() -> None:
     with pytest.raises(ValueError):
         gradient_explicit(lambda x: x * 2, x)
     assert not x.requires_grad  # restored even after the error
+
+
+def test_non_viewable_numpy_is_refused_by_flux_setup_and_copied_by_update() -> None:
+    rev = np.array([1.0, 2.0, 3.0])[::-1]  # negative strides: torch cannot view it
+    m = {"w": rev}
+    with pytest.raises(ValueError, match=r"model\['w'\] :: numpy.ndarray \(not viewable"):
+        flux_setup(Descent(), m)
+    st = setup(Descent(0.5), m)
+    _, m2 = update_(st, m, {"w": np.ones(3)})
+    assert m2["w"].tolist() == [2.5, 1.5, 0.5] and rev.tolist() == [3.0, 2.0, 1.0]

@@ -336,8 +336,8 @@ def _collect_named(st: Any, x: Any, g: Any, path: Any, k: int, acc: _Step) -> No
         gmap: Any = g._children
     elif isinstance(g, Mapping):
         gmap = g
-    elif T.kind(g) in (T.DATACLASS, T.NAMEDTUPLE) or (k == T.MODULE and T.kind(g) == T.MODULE):
-        gmap = None
+    elif k == T.DATACLASS and T.kind(g) in (T.DATACLASS, T.NAMEDTUPLE):
+        gmap = None  # a gradient shaped like the model itself: by attribute
     else:
         raise _grad_mismatch(
             path, f"the model has a {type(x).__name__} (children {[n for n, _, _ in kids]}) but "

