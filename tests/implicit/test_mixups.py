@@ -283,3 +283,19 @@ def test_old_optimiser_pickles_hyperparameters_only():
         assert repr(b) == repr(a)
         assert len(b[1].state) == 0
         step_many_(b, [torch.ones(2)], [torch.ones(2)])
+
+
+def test_custom_old_optimiser_runs_implicitly_but_does_not_translate():
+    class Halve(old.AbstractOptimiser):
+        def apply(self, x, dx):
+            return dx / 2
+
+    w = torch.ones(2)
+    ps = fluxtrain.Params([w])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fluxtrain.train_(lambda: w.sum(), ps, [()], Halve(), progress=False)
+    assert w.tolist() == [0.5, 0.5]
+    m, _ = model_and_data()
+    with pytest.raises(TypeError, match="does not know how to translate"):
+        fluxtrain.setup(Halve(), m)

@@ -110,6 +110,21 @@ class AbstractOptimiser:
     * ``__fluxtrain_state__(x)`` -> a copy of the accumulated state for
       parameter ``x`` in that rule's layout, or ``None``;
     * ``apply(x, dx)`` -> the step for ``x`` (Flux's ``apply!``; updates state).
+
+    A user-defined old optimiser may instead override only ``apply`` (as
+    Flux 0.13 users defined ``apply!``); it then works with implicit
+    ``update_``/``train_`` but cannot be translated by ``setup``.
+
+    >>> import torch
+    >>> from fluxtrain.optimise import AbstractOptimiser
+    >>> class Halve(AbstractOptimiser):
+    ...     def apply(self, x, dx):
+    ...         return dx / 2
+    >>> from fluxtrain.optimise.optimisers import step_many_
+    >>> x = torch.ones(2)
+    >>> _ = step_many_(Halve(), [x], [torch.ones(2)])
+    >>> x.tolist()
+    [0.5, 0.5]
     """
 
     _hyper: ClassVar[tuple[str, ...]] = ()
@@ -179,6 +194,12 @@ class AbstractOptimiser:
     # ------------------------------------------------------------------ protocol
     def __fluxtrain_translate__(self) -> AbstractRule:
         """The new-style rule that computes the same steps (a snapshot)."""
+        if _is_custom(self):
+            raise TypeError(
+                f"setup does not know how to translate this old-style implicit rule "
+                f"({type(self).__name__}) to a new-style explicit rule: write it as a "
+                "subclass of fluxtrain.optimisers.AbstractRule (init and apply) instead"
+            )
         return self._rule()
 
     def __fluxtrain_state__(self, x: torch.Tensor) -> State | None:
@@ -233,15 +254,24 @@ def step_many_(
                     f"{tuple(x.shape)} is read-only (e.g. a numpy array with writeable=False); "
                     "make it writable or use the explicit style, whose update returns new arrays"
                 )
-    rule = opt._rule()
-    states = [opt._get_state(x) for x in xs]
-    new_states, steps = apply_batched(rule, states, list(xs), list(dxs))
-    for x, s in zip(xs, new_states):
-        opt._put_state(x, s)
-    opt._finish_step()
+    if _is_custom(opt):
+        steps: list[Step] = [opt.apply(x, dx) for x, dx in zip(xs, dxs)]
+    else:
+        rule = opt._rule()
+        states = [opt._get_state(x) for x in xs]
+        new_states, steps = apply_batched(rule, states, list(xs), list(dxs))
+        for x, s in zip(xs, new_states):
+            opt._put_state(x, s)
+        opt._finish_step()
     if subtract:
         subtract_many_(list(xs), steps)
     return steps
+
+
+def _is_custom(opt: AbstractOptimiser) -> bool:
+    """A user's old optimiser that defines ``apply`` (Flux's ``apply!``) and no core rule."""
+    t = type(opt)
+    return t.apply is not AbstractOptimiser.apply and t._new_rule is AbstractOptimiser._new_rule
 
 
 def _check_hyper_tuple(name: str, owner: str, value: Any) -> None:
