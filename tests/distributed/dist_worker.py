@@ -123,6 +123,26 @@ def none_pattern(rank, world):
     return {"a": m["a"].clone(), "b": m["b"].clone(), "had_none": had_none, "error": err}
 
 
+def none_module(rank, world):
+    """A whole submodule without gradient on rank 1, explicit tree and implicit Grads."""
+    m = C.TwoHeads()
+    st = O.setup(O.Descent(0.1), m)
+    g = fluxtrain.gradient(lambda m: C.heads_loss(m, rank), m)[0]
+    sub_none = g.b.weight is None and g.b.bias is None
+    if rank == 1:  # a hand-made tree may have None for the whole submodule: rebuilt with zeros
+        from fluxtrain.optimisers.tree import StateTree
+
+        g = StateTree({"a": g.a, "b": None})
+    g = D.sync_gradients(m, g)
+    fluxtrain.update_(st, m, g)
+    m2 = C.TwoHeads()
+    ps = fluxtrain.params(m2)
+    gs = fluxtrain.gradient(lambda: C.heads_loss(m2, rank), ps)
+    gs = D.sync_gradients(ps, gs)
+    fluxtrain.update_(fluxtrain.optimise.Descent(0.1), ps, gs)
+    return {"explicit": params_of(m), "implicit": params_of(m2), "sub_none": sub_none}
+
+
 def buckets(rank, world):
     """all-reduce calls: 1 flags + one per (dtype) group with the default cap; more if tiny."""
     xs = [torch.full((1000,), float(rank + 1)), torch.full((10,), 2.0 * rank, dtype=torch.float64),
@@ -164,6 +184,7 @@ SCENARIOS = {
     "ddp_backward": ddp_backward,
     "none_pattern": none_pattern,
     "buckets": buckets,
+    "none_module": none_module,
 }
 
 

@@ -44,3 +44,24 @@ def none_loss(m, rank: int):
     if rank == 0:
         return (m["a"] * m["a"]).sum() + (m["b"] * 3.0).sum()
     return (m["a"] * 2.0).sum()
+
+
+class TwoHeads(torch.nn.Module):
+    """Two linear heads; rank 1 never uses ``b`` (its gradient tree has None for all of b)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.a = torch.nn.Linear(3, 2)
+        self.b = torch.nn.Linear(3, 2)
+
+
+def heads_x(rank: int) -> torch.Tensor:
+    return torch.linspace(-1.0, 1.0, 6).reshape(2, 3) * (rank + 1)
+
+
+def heads_loss(m: TwoHeads, rank: int):
+    x = heads_x(rank)
+    if rank == 0:
+        return ((m.a(x) + m.b(x)) ** 2).mean()
+    return (m.a(x) ** 2).mean()

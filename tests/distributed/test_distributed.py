@@ -133,10 +133,10 @@ def reference_torch_adam():
 
 def reference_implicit():
     model = C.make_model()
-    ps = fluxtrain.params(model)
     opt = fluxtrain.optimise.Adam(C.ETA)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        ps = fluxtrain.params(model)
         for x, y in C.global_batches(WORLD):
             gs = fluxtrain.gradient(lambda x=x, y=y: C.loss(model, x, y), ps)
             fluxtrain.update_(opt, ps, gs)
@@ -189,6 +189,20 @@ def test_none_gradient_on_one_rank_counts_as_zero(results):
         torch.testing.assert_close(r["a"], want_a, rtol=0, atol=1e-7)
         torch.testing.assert_close(r["b"], want_b, rtol=0, atol=1e-7)
         assert r["error"] is not None and "None on some ranks" in r["error"]
+
+
+def test_none_submodule_on_one_rank(results):
+    r0, r1 = _ok(results, "none_module")
+    assert r0["sub_none"] is False and r1["sub_none"] is True
+    m = C.TwoHeads()
+    g = fluxtrain.gradient(lambda m: (C.heads_loss(m, 0) + C.heads_loss(m, 1)) / 2, m)[0]
+    st = O.setup(O.Descent(0.1), m)
+    fluxtrain.update_(st, m, g)
+    want = [p.detach() for p in fluxtrain.trainables(m)]
+    for r in (r0, r1):
+        _assert_bitwise_equal(r["explicit"], r0["explicit"])
+        _assert_close_rel(r["explicit"], want)
+        _assert_close_rel(r["implicit"], want)
 
 
 def test_buckets_and_values(results):
