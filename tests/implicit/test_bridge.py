@@ -177,8 +177,7 @@ def test_setup_of_old_optimiser_warns_and_names_new_rule():
 def test_explicit_train_with_old_optimiser_translates():
     data = batches()[:5]
     m1, m2 = make_model(), make_model()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    with pytest.warns(fluxtrain.FluxDeprecationWarning, match="Descent"):
         fluxtrain.train_(lossf, m1, data, old.Descent(0.1), progress=False)
     implicit_steps(m2, old.Descent(0.1), data)
     assert_bits_equal(snapshot(m1), snapshot(m2))

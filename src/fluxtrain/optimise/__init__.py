@@ -77,7 +77,7 @@ def __getattr__(name: str) -> object:
         from fluxtrain import dispatch
 
         return getattr(dispatch, name)
-    if name in ("stop", "skip"):
+    if name in ("stop", "skip", "StopException", "SkipException"):
         from fluxtrain.implicit import callbacks
 
         return getattr(callbacks, name)
