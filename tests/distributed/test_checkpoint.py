@@ -308,3 +308,28 @@ def test_old_chain_kind_mismatch():
                                          fluxtrain.optimise.Descent(0.05))
     with pytest.raises(CheckpointError, match=r"Optimiser\(ClipValue, ExpDecay, Descent\)"):
         CK.load_optimiser_state_dict(wrong, d, ps)
+
+
+def test_numpy_tree_model_roundtrip():
+    import numpy as np
+
+    model = {"w": np.ones((2, 3)), "n": np.arange(3), "name": "lin"}
+    st = O.setup(O.Adam(0.1), model)
+    O.update_(st, model, {"w": np.full((2, 3), 0.5), "n": None, "name": None})
+    d = roundtrip(CK.state_dict(st, model))
+    assert d["paths"] == ["w"]  # the integer array and the string are not trainable
+    model2 = {"w": model["w"].copy(), "n": np.arange(3), "name": "lin"}
+    st2 = CK.load_state_dict(d, model2)
+    assert st2 == st and st2["n"] == () and st2["name"] == ()
+
+
+def test_params_positions_count_mismatch():
+    a, b = torch.ones(2), torch.ones(3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ps = fluxtrain.params(a, b)
+        d = roundtrip(CK.optimiser_state_dict(fluxtrain.optimise.Descent(0.1), ps))
+        assert d["params"] == ["0", "1"]
+        with pytest.raises(CheckpointError, match="the model has the parameter '2' that the "
+                                                  "checkpoint lacks"):
+            CK.load_optimiser_state_dict(None, d, fluxtrain.params(a, b, torch.ones(1)))
