@@ -174,7 +174,21 @@ def ckpt_ddp(rank, world):
             "plain_equal": st_plain == st["module"]}
 
 
+def rank0_only(rank, world):
+    """Progress bar and deprecation warnings: rank 0 only (once train_ etc. are wired)."""
+    from fluxtrain.errors import reset_deprecation_sites
+    from fluxtrain.progress import wants_progress
+
+    reset_deprecation_sites()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fluxtrain.params(torch.zeros(1))
+    deprecations = [w for w in caught if issubclass(w.category, DeprecationWarning)]
+    return {"progress": wants_progress(True), "warned": bool(deprecations)}
+
+
 SCENARIOS = {
+    "rank0_only": rank0_only,
     "ckpt_ddp": ckpt_ddp,
     "hand_explicit": hand_explicit,
     "hand_implicit": hand_implicit,

@@ -254,3 +254,10 @@ def test_train_ddp_module(results):
     a, b = _ok(results, "train_ddp")
     _assert_bitwise_equal(a, b)
     _assert_close_rel(a, reference_explicit())
+
+
+@NOT_WIRED
+def test_progress_and_deprecations_from_rank0_only(results):
+    r0, r1 = _ok(results, "rank0_only")
+    assert r0 == {"progress": True, "warned": True}
+    assert r1 == {"progress": False, "warned": False}
