@@ -1,0 +1,128 @@
+"""Migrate one file: parse once, run the rules in order, check the result compiles."""
+
+from __future__ import annotations
+
+import difflib
+import re
+
+import libcst as cst
+
+from fluxtrain_migrate.common import Context, Stage
+from fluxtrain_migrate.report import MARKER_PREFIX, Change, FileResult, Marker
+from fluxtrain_migrate.transforms import DEPENDS, RULES
+
+ALL_RULE_IDS: list[str] = [r.RULE_ID for r in RULES]
+_MARKER_RE = re.compile(r"#\s*TODO\(fluxtrain-migrate (FM\d+)\):\s*(.*)")
+_BOM = b"\xef\xbb\xbf"
+
+
+def resolve_rules(select: list[str] | None, disable: list[str] | None) -> set[str]:
+    """The enabled rule ids: ``select`` (default all) plus what they depend on, minus
+    ``disable`` and everything that depends on a disabled rule."""
+    unknown = [r for r in (select or []) + (disable or []) if r not in ALL_RULE_IDS]
+    if unknown:
+        raise ValueError(f"unknown rule id(s): {', '.join(unknown)} "
+                         f"(known: {', '.join(ALL_RULE_IDS)})")
+    enabled = set(select) if select else set(ALL_RULE_IDS)
+    enabled.add("FM007")
+    changed = True
+    while changed:
+        changed = False
+        for rid in list(enabled):
+            for dep in DEPENDS.get(rid, set()):
+                if dep not in enabled:
+                    enabled.add(dep)
+                    changed = True
+    off = set(disable or [])
+    changed = True
+    while changed:
+        changed = False
+        for rid, deps in DEPENDS.items():
+            if rid not in off and deps & off:
+                off.add(rid)
+                changed = True
+    return enabled - off
+
+
+def uses_fluxtrain(data: bytes) -> bool:
+    """Cheap pre-filter: a file that never spells ``fluxtrain`` is left alone."""
+    return b"fluxtrain" in data
+
+
+def migrate_bytes(data: bytes, path: str = "<string>", rules: set[str] | None = None) -> FileResult:
+    """Migrate the bytes of one file. Never raises for a bad input: see ``error``."""
+    result = FileResult(path=path, old_bytes=data, new_bytes=data)
+    if not uses_fluxtrain(data):
+        return result
+    bom = data.startswith(_BOM)
+    body = data[len(_BOM):] if bom else data
+    try:
+        module = cst.parse_module(body)
+    except cst.ParserSyntaxError as e:
+        result.error = f"{path}:{e.raw_line}:{e.raw_column + 1}: syntax error: {e.message}"
+        return result
+    except Exception as e:  # noqa: BLE001 - e.g. undecodable bytes
+        result.error = f"{path}:1:1: cannot parse: {e}"
+        return result
+    enabled = rules if rules is not None else set(ALL_RULE_IDS)
+    ctx = Context(path=path)
+    original_lines = module.code.splitlines()
+    try:
+        for rule_cls in RULES:
+            if rule_cls.RULE_ID not in enabled:
+                continue
+            stage = Stage(module)
+            before = len(ctx.changes)
+            new_module = rule_cls(stage, ctx).run()
+            _map_positions(ctx, before, original_lines, module.code.splitlines(), path, result)
+            module = new_module
+    except Exception as e:  # noqa: BLE001 - a rule crash is reported, the file left alone
+        result.error = f"{path}:1:1: internal error in the codemod: {type(e).__name__}: {e}"
+        result.changes.clear()
+        return result
+    new = module.bytes
+    if bom:
+        new = _BOM + new
+    if new == data:
+        result.changes.clear()
+    else:
+        try:
+            compile(new, path, "exec", dont_inherit=True)
+        except SyntaxError as e:
+            result.error = (f"{path}:{e.lineno}:{e.offset}: the migrated code does not "
+                            f"compile ({e.msg}); file left unchanged")
+            result.changes.clear()
+            return result
+    result.new_bytes = new
+    result.changed = new != data
+    result.markers = find_markers(module.code, path)
+    return result
+
+
+def find_markers(text: str, path: str) -> list[Marker]:
+    """Every ``# TODO(fluxtrain-migrate FMxxx)`` comment with its position."""
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if MARKER_PREFIX not in line:
+            continue
+        m = _MARKER_RE.search(line)
+        if m:
+            out.append(Marker(path, i, m.start(), m.group(1), m.group(2).strip()))
+    return out
+
+
+def _map_positions(ctx: Context, start: int, original: list[str], stage: list[str],
+                   path: str, result: FileResult) -> None:
+    """Turn a rule's stage positions into positions in the input file."""
+    if start == len(ctx.changes):
+        return
+    mapping: dict[int, int] = {}
+    sm = difflib.SequenceMatcher(None, original, stage, autojunk=False)
+    for tag, i1, i2, j1, j2 in sm.get_opcodes():
+        for k in range(j1, j2):
+            if tag == "equal" or (i2 - i1) == (j2 - j1):
+                mapping[k + 1] = i1 + (k - j1) + 1
+            else:
+                mapping[k + 1] = min(i1 + (k - j1), max(i2 - 1, i1)) + 1
+    for rule, line, col, msg in ctx.changes[start:]:
+        result.changes.append(Change(path, mapping.get(line, line), col, rule, msg))

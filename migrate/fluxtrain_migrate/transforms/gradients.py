@@ -1,0 +1,166 @@
+"""FM003: ``gradient(lambda: ..., ps)`` -> ``gradient(lambda m: ..., model)[0]``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libcst as cst
+
+from fluxtrain_migrate.analysis import (
+    grads_origin,
+    grads_path,
+    grads_uses_ok,
+    implicit_gradient,
+    model_accesses,
+)
+from fluxtrain_migrate.common import Rule, positional
+from fluxtrain_migrate.transforms.losses import _names_in, _param_name
+
+
+class GradientRule(Rule):
+    """Implicit ``gradient``/``withgradient`` over Params -> explicit over the model.
+
+    ``gs = gradient(...)`` becomes the gradient tree (``[0]``); ``val, gs = withgradient(...)``
+    becomes ``val, (gs,) = withgradient(...)``; ``gs[model.layer.weight]`` becomes
+    ``gs.layer.weight``. Anything else is left with a marker.
+    """
+
+    RULE_ID = "FM003"
+    NAME = "gradients"
+    DESCRIPTION = "gradient(lambda: ..., ps) -> gradient(lambda m: ..., model)[0]"
+
+    def prepare(self) -> None:
+        st = self.stage
+        self.convert: dict[int, tuple[cst.Name, str]] = {}  # call id -> (model, param)
+        self.reads: dict[int, str] = {}
+        self.index0: set[int] = set()
+        self.unpack: dict[int, int] = {}  # Assign id -> index of grads element
+        self.paths: dict[int, list[cst.CSTNode]] = {}
+        calls: list[cst.Call] = []
+
+        class _V(cst.CSTVisitor):
+            def visit_Call(inner, node: cst.Call) -> None:  # noqa: N805
+                calls.append(node)
+
+        st.module.visit(_V())
+        for c in calls:
+            info = implicit_gradient(st, c)
+            if info is None:
+                continue
+            if info.status == "part":
+                self.mark(c, "FM102")
+                continue
+            if info.status != "ok" or info.model is None:
+                self.mark(c, "FM103")
+                continue
+            model = info.model
+            lam = positional(c)[0].value
+            if not isinstance(lam, cst.Lambda) or lam.params.params or lam.params.star_arg \
+                    is not cst.MaybeSentinel.DEFAULT or lam.params.kwonly_params:
+                self.mark(c, "FM105")
+                continue
+            if model.value in self.ctx.blocked or (
+                info.binding is not None and info.binding.value in self.ctx.blocked
+            ):
+                self.mark(c, "FM105")
+                continue
+            parent = st.parent_of(c)
+            is_grad = st.call_to(c, "gradient")
+            gs_name: cst.Name | None = None
+            if isinstance(parent, cst.Assign) and len(parent.targets) == 1:
+                t = parent.targets[0].target
+                if is_grad and isinstance(t, cst.Name):
+                    gs_name = t
+                    self.index0.add(id(c))
+                elif (not is_grad and isinstance(t, cst.Tuple) and len(t.elements) == 2
+                      and isinstance(t.elements[1].value, cst.Name)):
+                    gs_name = t.elements[1].value
+                    self.unpack[id(parent)] = 1
+                else:
+                    self.mark(c, "FM105")
+                    continue
+                if grads_origin(st, gs_name) is None:
+                    self.mark(c, "FM105", "gradient variable assigned more than once: "
+                              "rewrite by hand with gradient(lambda m: ..., model)[0]")
+                    continue
+                ok, bad = grads_uses_ok(st, gs_name, model)
+                if not ok:
+                    for b in bad:
+                        self.mark(b, "FM106")
+                    self.mark(c, "FM105")
+                    continue
+                for a in st.assignments(gs_name):
+                    for ref in a.references:
+                        sub = st.parent_of(ref.node)
+                        if isinstance(sub, cst.Subscript) and isinstance(
+                                sub.slice[0].slice, cst.Index):
+                            path = grads_path(st, sub.slice[0].slice.value, model)
+                            if path is not None:
+                                self.paths[id(sub)] = path
+            elif is_grad and isinstance(parent, cst.Arg) and st.call_to(st.parent_of(parent)
+                                                                          or c, "update_"):
+                self.index0.add(id(c))
+            else:
+                self.mark(c, "FM105")
+                continue
+            pname = _param_name(lam)
+            reads = model_accesses(st, model)
+            for n in _names_in(lam.body):
+                if id(n) in reads:
+                    self.reads[id(n)] = pname
+            self.convert[id(c)] = (model, pname)
+
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.Name:
+        new = self.reads.get(id(original_node))
+        return updated_node.with_changes(value=new) if new else updated_node
+
+    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
+        plan = self.convert.get(id(original_node))
+        if plan is None:
+            return updated_node
+        model, pname = plan
+        args = list(updated_node.args)
+        lam = args[0].value
+        assert isinstance(lam, cst.Lambda)
+        lam = lam.with_changes(
+            params=cst.Parameters(params=[cst.Param(cst.Name(pname))]),
+            whitespace_after_lambda=cst.SimpleWhitespace(" "),
+        )
+        args[0] = args[0].with_changes(value=lam)
+        args[1] = args[1].with_changes(value=cst.Name(model.value))
+        new = updated_node.with_changes(args=args)
+        self.change(original_node, "implicit gradient -> explicit gradient over the model")
+        self.ctx.maybe_unused.add("params")
+        if id(original_node) in self.index0:
+            zero = cst.SubscriptElement(cst.Index(cst.Integer("0")))
+            return cst.Subscript(value=new, slice=[zero])
+        return new
+
+    def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign) -> Any:
+        if id(original_node) not in self.unpack:
+            return updated_node
+        t = updated_node.targets[0].target
+        assert isinstance(t, cst.Tuple)
+        els = list(t.elements)
+        g = els[1]
+        els[1] = g.with_changes(value=cst.Tuple(
+            elements=[cst.Element(g.value, comma=cst.Comma())],
+            lpar=[cst.LeftParen()], rpar=[cst.RightParen()]))
+        return updated_node.with_changes(
+            targets=[updated_node.targets[0].with_changes(target=t.with_changes(elements=els))])
+
+    def leave_Subscript(self, original_node: cst.Subscript,
+                        updated_node: cst.Subscript) -> cst.BaseExpression:
+        path = self.paths.get(id(original_node))
+        if path is None:
+            return updated_node
+        expr: cst.BaseExpression = updated_node.value
+        for step in path:
+            if isinstance(step, cst.Name):
+                expr = cst.Attribute(value=expr, attr=step)
+            else:
+                assert isinstance(step, cst.SubscriptElement)
+                step = step.with_changes(comma=cst.MaybeSentinel.DEFAULT)
+                expr = cst.Subscript(value=expr, slice=[step])
+        self.change(original_node, "Grads lookup -> path in the gradient tree")
+        return expr

@@ -1,0 +1,239 @@
+"""FM002: loss functions that read a global model get the model as first parameter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libcst as cst
+
+from fluxtrain_migrate.analysis import implicit_gradient, model_accesses, params_info
+from fluxtrain_migrate.common import Rule, code, positional, taken_names
+
+_Fn = cst.FunctionDef | cst.Lambda
+
+
+class LossRule(Rule):
+    """``def loss(x, y): return f(model(x), y)`` -> ``def loss(m, x, y): return f(m(x), y)``.
+
+    Functions reached from implicit gradients (and implicit ``train_``'s loss) that read
+    the model, directly or through other functions, are rewritten; every call site passes
+    the model (``m`` inside rewritten functions, the model's own name elsewhere).
+    """
+
+    RULE_ID = "FM002"
+    NAME = "losses"
+    DESCRIPTION = "loss(x, y) reading a global model -> loss(m, x, y)"
+
+    def prepare(self) -> None:
+        st = self.stage
+        self.fn_param: dict[int, str] = {}  # function node id -> param name
+        self.fn_model: dict[int, str] = {}  # function node id -> model name
+        self.model_reads: dict[int, str] = {}  # Name id -> replacement param
+        self.call_args: dict[int, str] = {}  # Call id -> first argument to insert
+        fns: dict[str, tuple[_Fn, cst.Name]] = {}  # name -> (function node, binding name node)
+        sites: list[tuple[cst.CSTNode, cst.Name, bool]] = []  # (fn-ish, model, always)
+        calls: list[cst.Call] = []
+
+        class _V(cst.CSTVisitor):
+            def visit_Call(inner, node: cst.Call) -> None:  # noqa: N805
+                calls.append(node)
+
+            def visit_FunctionDef(inner, node: cst.FunctionDef) -> None:  # noqa: N805
+                fns.setdefault(node.name.value, (node, node.name))
+
+            def visit_Assign(inner, node: cst.Assign) -> None:  # noqa: N805
+                if (len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name)
+                        and isinstance(node.value, cst.Lambda)):
+                    tgt = node.targets[0].target
+                    fns.setdefault(tgt.value, (node.value, tgt))
+
+        st.module.visit(_V())
+        for c in calls:
+            info = implicit_gradient(st, c)
+            if info is not None and info.status == "ok" and info.model is not None:
+                lam = positional(c)[0].value
+                if isinstance(lam, cst.Lambda) and not lam.params.params:
+                    sites.append((lam.body, info.model, False))
+            elif st.call_to(c, "train_"):
+                pos = positional(c)
+                if len(pos) >= 4:
+                    info = params_info(st, pos[1].value)
+                    if info.status == "ok" and info.model is not None:
+                        sites.append((pos[0].value, info.model, True))
+        if not sites:
+            return
+        # resolve a called Name to one of the module's functions (not shadowed)
+        def target(name: cst.Name) -> _Fn | None:
+            ent = fns.get(name.value)
+            if ent is None or st.fq(name) is not None:
+                return None
+            assigns = st.assignments(name)
+            if len(assigns) != 1:
+                return None
+            node = getattr(assigns[0], "node", None)
+            if node is ent[0] or node is ent[1]:
+                return ent[0]
+            return None
+
+        def callees(node: cst.CSTNode) -> list[tuple[cst.Call, _Fn]]:
+            out: list[tuple[cst.Call, _Fn]] = []
+
+            class _C(cst.CSTVisitor):
+                def visit_Call(inner, call: cst.Call) -> None:  # noqa: N805
+                    if isinstance(call.func, cst.Name):
+                        t = target(call.func)
+                        if t is not None:
+                            out.append((call, t))
+
+            node.visit(_C())
+            return out
+
+        for start, model, always in sites:
+            reads = model_accesses(st, model)
+
+            def reads_model(fn: _Fn, seen: set[int], reads: set[int] = reads) -> bool:
+                if id(fn) in seen:
+                    return False
+                seen.add(id(fn))
+                found = []
+
+                class _R(cst.CSTVisitor):
+                    def visit_Name(inner, nm: cst.Name) -> None:  # noqa: N805
+                        if id(nm) in reads:  # noqa: B023 - used immediately
+                            found.append(nm)
+
+                fn.visit(_R())
+                if found:
+                    return True
+                return any(reads_model(t, seen) for _c, t in callees(fn))
+
+            todo: list[_Fn] = []
+            if always:
+                if isinstance(start, cst.Name):
+                    t = target(start)
+                    if t is None:
+                        self.mark(start, "FM104", "cannot find the loss function of this "
+                                  "train_: give it the model as first parameter")
+                        self.ctx.blocked.add(model.value)
+                        continue
+                    todo.append(t)
+                elif isinstance(start, cst.Lambda):
+                    todo.append(start)
+                else:
+                    self.mark(start, "FM104")
+                    self.ctx.blocked.add(model.value)
+                    continue
+            else:
+                todo.extend(t for _c, t in callees(start) if reads_model(t, set()))
+            while todo:
+                fn = todo.pop()
+                if id(fn) in self.fn_param:
+                    if self.fn_model[id(fn)] != model.value:
+                        self.mark(fn, "FM104")
+                        self.ctx.blocked.add(model.value)
+                    continue
+                self.fn_param[id(fn)] = _param_name(fn)
+                self.fn_model[id(fn)] = model.value
+                for n in _names_in(fn):
+                    if id(n) in reads:
+                        self.model_reads[id(n)] = self.fn_param[id(fn)]
+                todo.extend(t for _c, t in callees(fn) if reads_model(t, set()))
+        # every reference of a rewritten function must be a call or a train_ loss
+        by_id = {id(fn): (name, fn) for name, (fn, _b) in fns.items()}
+        for fid in list(self.fn_param):
+            if fid not in by_id:
+                continue
+            name, fn = by_id[fid]
+            binding = fns[name][1]
+            for a in st.assignments(binding):
+                for ref in a.references:
+                    node = ref.node
+                    p = st.parent_of(node)
+                    if isinstance(p, cst.Call) and p.func is node:
+                        self.call_args[id(p)] = self._arg_for(p, self.fn_model[fid])
+                        continue
+                    q = st.parent_of(p) if p is not None else None
+                    if (isinstance(p, cst.Arg) and isinstance(q, cst.Call)
+                            and st.call_to(q, "train_") and positional(q)[:1] == [p]):
+                        self.ctx.rewritten_losses.add(name)
+                        continue
+                    self.mark(node, "FM104")
+        for fid in self.fn_param:
+            if fid in by_id:
+                continue
+            # an inline lambda given to train_
+            self.ctx.rewritten_losses.add("<lambda>")
+
+    def _arg_for(self, call: cst.Call, model: str) -> str:
+        for anc in self.stage.ancestors(call):
+            if id(anc) in self.fn_param:
+                return self.fn_param[id(anc)]
+        return model
+
+    # -- rewrite --------------------------------------------------------------------
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.Name:
+        new = self.model_reads.get(id(original_node))
+        return updated_node.with_changes(value=new) if new else updated_node
+
+    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
+        arg = self.call_args.get(id(original_node))
+        if arg is None:
+            return updated_node
+        new = cst.Arg(cst.Name(arg))
+        args = list(updated_node.args)
+        if args:
+            new = new.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        self.change(original_node, f"{code(original_node.func)}(...) now takes the model first")
+        return updated_node.with_changes(args=[new, *args])
+
+    def _with_param(self, original: Any, updated: Any) -> Any:
+        name = self.fn_param.get(id(original))
+        if name is None:
+            return updated
+        params = updated.params
+        new = cst.Param(cst.Name(name))
+        if (params.params or params.star_arg is not cst.MaybeSentinel.DEFAULT
+                or params.kwonly_params):
+            new = new.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        if isinstance(updated, cst.Lambda) and not params.params and not params.kwonly_params \
+                and params.star_arg is cst.MaybeSentinel.DEFAULT:
+            self.change(original, "loss lambda takes the model")
+            return updated.with_changes(params=params.with_changes(params=[new]),
+                                        whitespace_after_lambda=cst.SimpleWhitespace(" "))
+        if params.posonly_params:
+            plist = list(params.posonly_params)
+            return updated.with_changes(params=params.with_changes(posonly_params=[new, *plist]))
+        self.change(original, "loss function takes the model as first parameter")
+        return updated.with_changes(params=params.with_changes(params=[new, *params.params]))
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef,
+                          updated_node: cst.FunctionDef) -> Any:
+        return self._with_param(original_node, updated_node)
+
+    def leave_Lambda(self, original_node: cst.Lambda, updated_node: cst.Lambda) -> Any:
+        return self._with_param(original_node, updated_node)
+
+
+def _names_in(fn: cst.CSTNode) -> list[cst.Name]:
+    out: list[cst.Name] = []
+
+    class _N(cst.CSTVisitor):
+        def visit_Name(inner, n: cst.Name) -> None:  # noqa: N805
+            out.append(n)
+
+    fn.visit(_N())
+    return out
+
+
+def _param_name(fn: cst.CSTNode) -> str:
+    used = {n.value for n in _names_in(fn)}
+    for cand in ("m", "model_", "m_"):
+        if cand not in used:
+            return cand
+    i = 1
+    while f"m{i}" in used:
+        i += 1
+    return f"m{i}"
+
+
+__all__ = ["LossRule", "taken_names"]

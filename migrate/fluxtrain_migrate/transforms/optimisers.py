@@ -1,0 +1,380 @@
+"""FM004: old optimisers -> ``opt_state = setup(NewRule(...), model)``; ``update_`` and
+``opt.eta = v`` (-> ``adjust_``) follow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import libcst as cst
+
+from fluxtrain_migrate.analysis import grads_origin, grads_uses_ok, implicit_gradient, params_info
+from fluxtrain_migrate.common import (
+    Rule,
+    code,
+    fix_commas,
+    free_name,
+    keyword,
+    positional,
+    taken_names,
+)
+from fluxtrain_migrate.names import OLD_OPTIMISERS, TRANSLATE
+
+_OLD = OLD_OPTIMISERS | {"OptimiserChain", "ClipGrad"}
+_SIMPLE_FIELDS = {"eta", "rho", "beta", "epsilon", "gamma", "decay"}
+_FIELD_MAP = {"wd": "lambda_", "thresh": None}
+
+
+class _Untranslatable(Exception):
+    pass
+
+
+class OptimiserRule(Rule):
+    """Translate old optimiser constructions and the implicit ``update_``/field writes."""
+
+    RULE_ID = "FM004"
+    NAME = "optimisers"
+    DESCRIPTION = "old optimiser -> setup(new rule, model); update_; opt.eta = v -> adjust_"
+
+    def old_name(self, node: cst.CSTNode) -> str | None:
+        if not isinstance(node, cst.Call):
+            return None
+        f = self.stage.fq(node.func)
+        if f is None or not f.startswith("fluxtrain.") or "." in f[10:]:
+            return None
+        name = f[10:]
+        return name if name in _OLD else None
+
+    # -- analysis -------------------------------------------------------------------
+    def prepare(self) -> None:
+        st = self.stage
+        self.replace: dict[int, cst.BaseExpression] = {}  # construction call id -> new expr
+        self.rename: dict[int, str] = {}  # Name id -> new name
+        self.adjust: dict[int, tuple[str, str, str | None]] = {}  # Assign id -> (state, field)
+        self.update_args: dict[int, cst.Name] = {}  # update_ call id -> model
+        self.constructions: list[cst.Call] = []
+        self.converted_ids: set[int] = set()
+        taken = taken_names(st.module)
+        calls: list[cst.Call] = []
+
+        class _V(cst.CSTVisitor):
+            def visit_Call(inner, node: cst.Call) -> None:  # noqa: N805
+                calls.append(node)
+
+        st.module.visit(_V())
+        # outermost constructions
+        for c in calls:
+            if self.old_name(c) is None:
+                continue
+            parent = st.parent_of(st.parent_of(c) or c)
+            if isinstance(parent, cst.Call) and self.old_name(parent) is not None:
+                continue
+            self.constructions.append(c)
+        self.emitted: list[tuple[cst.Call, str]] = []
+        for c in self.constructions:
+            self.plan(c, taken)
+        for c in calls:
+            if st.call_to(c, "update_") and id(c) not in self.update_args:
+                pos = positional(c)
+                if len(pos) == 3 and params_info(st, pos[1].value).status != "none":
+                    self.mark(c, "FM108")
+                elif len(pos) == 3 and self.old_name(pos[0].value) is None:
+                    f = pos[0].value
+                    if isinstance(f, cst.Name) and id(f) not in self.rename:
+                        if self._is_old_binding(f):
+                            self.mark(c, "FM108")
+
+    def _is_old_binding(self, name: cst.Name) -> bool:
+        value = self.stage.binding_value(name)
+        return value is not None and self.old_name(value) is not None
+
+    def _update_model(self, call: cst.Call) -> tuple[cst.Name | None, bool]:
+        """(model, ok) for ``update_(opt, ps, gs)``."""
+        st = self.stage
+        pos = positional(call)
+        if len(pos) != 3 or len(call.args) != 3:
+            return None, False
+        info = params_info(st, pos[1].value)
+        if info.status != "ok" or info.model is None:
+            return None, False
+        gs = pos[2].value
+        if isinstance(gs, cst.Call):
+            ok = implicit_gradient(st, gs) is not None
+            return info.model, ok
+        if not isinstance(gs, cst.Name):
+            return None, False
+        origin = grads_origin(st, gs)
+        if origin is None:
+            return None, False
+        ginfo = implicit_gradient(st, origin[1])
+        if ginfo is None or ginfo.status != "ok" or ginfo.model is None:
+            return None, False
+        if ginfo.model.value != info.model.value:
+            return None, False
+        ok, _ = grads_uses_ok(st, gs, info.model)
+        return info.model, ok
+
+    def plan(self, c: cst.Call, taken: set[str]) -> None:
+        st = self.stage
+        parent_arg = st.parent_of(c)
+        owner = st.parent_of(parent_arg) if parent_arg is not None else None
+        # inline: update_(Adam(), ps, gs) / train_(loss, ps, data, Adam())
+        if isinstance(parent_arg, cst.Arg) and isinstance(owner, cst.Call):
+            pos = positional(owner)
+            model = None
+            if st.call_to(owner, "update_") and pos and pos[0] is parent_arg:
+                model, ok = self._update_model(owner)
+                if model is not None and ok:
+                    self.update_args[id(owner)] = model
+                else:
+                    model = None
+            elif st.call_to(owner, "train_") and len(pos) >= 4 and pos[3] is parent_arg:
+                info = params_info(st, pos[1].value)
+                model = info.model if info.status == "ok" else None
+            if model is None:
+                self.mark(c, "FM107")
+                return
+            self._emit(c, model)
+            return
+        if not (isinstance(parent_arg, cst.Assign) and len(parent_arg.targets) == 1
+                and isinstance(parent_arg.targets[0].target, cst.Name)):
+            self.mark(c, "FM107")
+            return
+        target = parent_arg.targets[0].target
+        assigns = st.assignments(target)
+        if len(assigns) != 1:
+            self.mark(c, "FM107", "old optimiser variable assigned more than once: use one "
+                      "opt_state = setup(rule, model) and adjust_")
+            return
+        models: set[str] = set()
+        model_node: cst.Name | None = None
+        bad: list[cst.CSTNode] = []
+        renames: list[cst.Name] = [target]
+        adjusts: list[tuple[cst.Assign, str, cst.BaseExpression]] = []
+        updates: list[tuple[cst.Call, cst.Name]] = []
+        root = self.old_name(c) or ""
+        for ref in assigns[0].references:
+            node = ref.node
+            p = st.parent_of(node)
+            q = st.parent_of(p) if p is not None else None
+            if isinstance(p, cst.Arg) and isinstance(q, cst.Call):
+                pos = positional(q)
+                if st.call_to(q, "update_") and pos and pos[0] is p:
+                    m, ok = self._update_model(q)
+                    if m is not None and ok:
+                        models.add(m.value)
+                        model_node = model_node or m
+                        renames.append(node)
+                        updates.append((q, m))
+                        continue
+                if st.call_to(q, "train_") and len(pos) >= 4 and pos[3] is p:
+                    info = params_info(st, pos[1].value)
+                    if info.status == "ok" and info.model is not None:
+                        models.add(info.model.value)
+                        model_node = model_node or info.model
+                        renames.append(node)
+                        continue
+            if isinstance(p, cst.Attribute) and p.value is node and isinstance(q, cst.AssignTarget):
+                stmt = st.parent_of(q)
+                fld = self._field(root, p.attr.value)
+                if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and fld is not None:
+                    adjusts.append((stmt, fld, stmt.value))
+                    continue
+            bad.append(node)
+        if bad or len(models) != 1 or model_node is None:
+            for b in bad:
+                self.mark(b, "FM107")
+            self.mark(c, "FM107")
+            self.ctx.blocked.add(target.value)
+            return
+        # the model must exist where the optimiser is built
+        line = st.position(c)[0]
+        for a in st.assignments(model_node):
+            node = getattr(a, "node", None)
+            if node is None or st.position(node)[0] > line:
+                self.mark(c, "FM107", "the model is defined after the optimiser: move "
+                          "opt_state = setup(rule, model) after the model")
+                self.ctx.blocked.add(target.value)
+                return
+        try:
+            self._translate(c)
+        except _Untranslatable as e:
+            self.mark(c, "FM107", str(e))
+            self.ctx.blocked.add(target.value)
+            return
+        new = "opt_state" if "opt_state" not in taken else target.value
+        if new != target.value:
+            taken.add(new)
+        for n in renames:
+            self.rename[id(n)] = new
+        for stmt, fld, _v in adjusts:
+            self.adjust[id(stmt)] = (new, fld, root)
+        for q, m in updates:
+            self.update_args[id(q)] = m
+        self._emit(c, model_node)
+
+    def _field(self, root: str, fld: str) -> str | None:
+        new_root, kw = TRANSLATE.get(root, ("", {}))
+        if new_root in ("", "OptimiserChain") or root in ("AdamW", "ADAMW", "AdaBelief"):
+            return None
+        if fld in kw:
+            return kw[fld]
+        return fld if fld in _SIMPLE_FIELDS else None
+
+    def _emit(self, c: cst.Call, model: cst.Name) -> None:
+        try:
+            rule = self._translate(c)
+        except _Untranslatable as e:
+            self.mark(c, "FM107", str(e))
+            return
+        setup = cst.Call(
+            func=self.stage.style.api("setup", self.ctx),
+            args=fix_commas([cst.Arg(rule), cst.Arg(cst.Name(model.value))]),
+        )
+        self.replace[id(c)] = setup
+        self.change(c, f"{code(c.func)}(...) -> setup({code(rule.func)}(...), {model.value})")
+
+    def _translate(self, c: cst.Call) -> cst.Call:
+        old = self.old_name(c)
+        if old is None or old == "AbstractOptimiser" or old not in TRANSLATE:
+            raise _Untranslatable("cannot translate this optimiser; build the new rule by hand")
+        new, kwmap = TRANSLATE[old]
+        if any(a.star for a in c.args):
+            raise _Untranslatable("*args in an optimiser: translate by hand")
+        args: list[cst.Arg] = []
+        if new == "OptimiserChain":
+            for a in c.args:
+                if a.keyword is not None:
+                    raise _Untranslatable("keyword in Optimiser(...): translate by hand")
+                if self.old_name(a.value) is None:
+                    raise _Untranslatable(
+                        "Optimiser member is not an old optimiser built here: translate by hand"
+                    )
+                args.append(a.with_changes(value=self._translate(a.value)))  # type: ignore[arg-type]
+        else:
+            base = TRANSLATE.get(old, (old, {}))[0]
+            for i, a in enumerate(c.args):
+                kw = a.keyword.value if a.keyword is not None else None
+                if kw is not None:
+                    a = a.with_changes(keyword=cst.Name(kwmap.get(kw, kw)))
+                if base == "AdaBelief" and (kw == "epsilon" or (kw is None and i == 2)):
+                    a = a.with_changes(value=_square(a.value))
+                if base == "AdamW" and kw is None and i == 2:
+                    a = a.with_changes(
+                        keyword=cst.Name("lambda_"),
+                        equal=cst.AssignEqual(
+                            whitespace_before=cst.SimpleWhitespace(""),
+                            whitespace_after=cst.SimpleWhitespace(""),
+                        ),
+                    )
+                args.append(a)
+            if base == "AdamW" and keyword(c, "couple") is None:
+                args.append(cst.Arg(
+                    cst.Name("False"), keyword=cst.Name("couple"),
+                    equal=cst.AssignEqual(whitespace_before=cst.SimpleWhitespace(""),
+                                          whitespace_after=cst.SimpleWhitespace("")),
+                ))
+            if base == "WeightDecay" and not args:
+                args.append(cst.Arg(cst.Float("0.0")))
+        self.emitted.append((c, new))
+        return c.with_changes(func=self._rule_name(new, old), args=fix_commas(args))
+
+    def _rule_name(self, new: str, old: str) -> cst.BaseExpression:
+        st = self.stage
+        if st.style.kind != "from":
+            return st.style.rule(new, self.ctx)
+        # bare name only if nothing else (still) binds it
+        bare_ok = new not in self._module_bound() or new in self._droppable()
+        if bare_ok and new in self._droppable():
+            self.ctx.drop_imports.add(new)
+        if old != new:
+            self.ctx.maybe_unused.add(old)
+        return st.style.rule(new, self.ctx, bare_ok=bare_ok)
+
+    def _module_bound(self) -> set[str]:
+        if not hasattr(self, "_bound"):
+            scope = self.stage.scope_of(self.stage.module)
+            self._bound: set[str] = set()
+            if scope is not None:
+                for a in scope.assignments:
+                    self._bound.add(a.name)
+            self._bound |= taken_names(self.stage.module)
+        return self._bound
+
+    def _droppable(self) -> set[str]:
+        """Old names imported plainly from fluxtrain whose every use is a construction."""
+        if hasattr(self, "_drop"):
+            return self._drop
+        st = self.stage
+        self._drop: set[str] = set()
+        scope = st.scope_of(st.module)
+        if scope is None:
+            return self._drop
+        constructed = {id(c.func) for c in self._all_constructions()}
+        for a in scope.assignments:
+            node = getattr(a, "node", None)
+            if not isinstance(node, cst.ImportFrom) or isinstance(node.names, cst.ImportStar):
+                continue
+            if node.module is None or code(node.module) not in ("fluxtrain", "fluxtrain.optimise"):
+                continue
+            for alias in node.names:
+                if alias.asname is None and code(alias.name) == a.name and a.name in _OLD:
+                    if all(id(r.node) in constructed for r in a.references):
+                        self._drop.add(a.name)
+        return self._drop
+
+    def _all_constructions(self) -> list[cst.Call]:
+        out: list[cst.Call] = []
+
+        def walk(c: cst.Call) -> None:
+            out.append(c)
+            for a in c.args:
+                if isinstance(a.value, cst.Call) and self.old_name(a.value) is not None:
+                    walk(a.value)
+
+        for c in self.constructions:
+            if id(c) in self.replace or True:
+                walk(c)
+        return out
+
+    # -- rewrite --------------------------------------------------------------------
+    def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.BaseExpression:
+        if id(original_node) in self.replace:
+            return self.replace[id(original_node)]
+        if id(original_node) in self.update_args:
+            model = self.update_args[id(original_node)]
+            args = list(updated_node.args)
+            args[1] = args[1].with_changes(value=cst.Name(model.value))
+            self.change(original_node, "update_(opt, ps, gs) -> update_(opt_state, model, gs)")
+            return updated_node.with_changes(args=args)
+        return updated_node
+
+    def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.Name:
+        new = self.rename.get(id(original_node))
+        return updated_node.with_changes(value=new) if new else updated_node
+
+    def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign) -> Any:
+        plan = self.adjust.get(id(original_node))
+        if plan is None:
+            return updated_node
+        state, fld, _root = plan
+        args = [cst.Arg(cst.Name(state))]
+        if fld == "eta":
+            args.append(cst.Arg(updated_node.value))
+        else:
+            args.append(cst.Arg(updated_node.value, keyword=cst.Name(fld), equal=cst.AssignEqual(
+                whitespace_before=cst.SimpleWhitespace(""),
+                whitespace_after=cst.SimpleWhitespace(""))))
+        self.change(original_node, f"opt.{fld} = v -> adjust_(opt_state, ...)")
+        call = cst.Call(func=self.stage.style.api("adjust_", self.ctx), args=fix_commas(args))
+        return cst.Expr(call)
+
+
+def _square(v: cst.BaseExpression) -> cst.BaseExpression:
+    if not isinstance(v, (cst.Name, cst.Integer, cst.Float, cst.Attribute)):
+        v = v.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    return cst.BinaryOperation(left=v, operator=cst.Power(
+        whitespace_before=cst.SimpleWhitespace(" "), whitespace_after=cst.SimpleWhitespace(" ")),
+        right=cst.Integer("2"))
+
+
+__all__ = ["OptimiserRule", "free_name"]
