@@ -505,6 +505,14 @@ the model's parameter needs (1, 3)
     """
     fname = "load_state_dict"
     _check_format(d, FORMAT_EXPLICIT, fname)
+    try:
+        return _load_state_dict(d, model, rule, rules, fname)
+    except (KeyError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{fname}: malformed checkpoint (missing or bad entry {e})") from e
+
+
+def _load_state_dict(d: Mapping[str, Any], model: Any, rule: AbstractRule | None,
+                     rules: Iterable[type] | Mapping[str, type] | None, fname: str) -> Any:
     outer = model
     model = _unwrap(model)
     extra = _extra_rules(rules)
@@ -738,6 +746,14 @@ def load_optimiser_state_dict(
     """
     fname = "load_optimiser_state_dict"
     _check_format(d, FORMAT_IMPLICIT, fname)
+    try:
+        return _load_optimiser_state_dict(opt, d, model_or_params, fname)
+    except (KeyError, IndexError, AttributeError) as e:
+        raise CheckpointError(f"{fname}: malformed checkpoint (missing or bad entry {e})") from e
+
+
+def _load_optimiser_state_dict(opt: Any, d: Mapping[str, Any], model_or_params: Any,
+                               fname: str) -> Any:
     plist = _param_list(model_or_params)
     saved = list(d["params"])
     names = [p for p, _ in plist]

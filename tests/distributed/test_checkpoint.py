@@ -333,3 +333,12 @@ def test_params_positions_count_mismatch():
         with pytest.raises(CheckpointError, match="the model has the parameter '2' that the "
                                                   "checkpoint lacks"):
             CK.load_optimiser_state_dict(None, d, fluxtrain.params(a, b, torch.ones(1)))
+
+
+def test_malformed_checkpoint(adam_ckpt):
+    bad = dict(adam_ckpt)
+    del bad["leaves"]
+    with pytest.raises(CheckpointError, match="malformed checkpoint.*leaves"):
+        CK.load_state_dict(bad, K.make_model())
+    with pytest.raises(CheckpointError, match="version 99 is not supported"):
+        CK.load_state_dict(dict(adam_ckpt, version=99), K.make_model())
