@@ -239,6 +239,10 @@ def average_gradients(
     ``bucket_cap_mb`` MB; one ``all_reduce`` per bucket; the sums are divided
     by the world size and written back into the given tensors.
 
+    A non-contiguous tensor (such as the expanded, stride-0 gradient autograd
+    returns for ``x.sum()``) cannot be averaged in place: in a ``list`` it is
+    replaced by an averaged contiguous copy; other sequences raise ``ValueError``.
+
     ``None`` entries must be ``None`` on every rank: the pattern is checked
     (one small all-reduce) and a mismatch raises ``ValueError`` on every rank,
     naming the entries. (:func:`sync_gradients`, which knows the parameters,
@@ -252,6 +256,7 @@ def average_gradients(
     """
     if not is_distributed(group):
         return
+    given = grads
     grads = list(grads)
     counts = _presence_counts(grads, group)
     world = dist.get_world_size(group)
@@ -263,7 +268,20 @@ def average_gradients(
             "fluxtrain.distributed.sync_gradients(params, grads), which treats a missing "
             "gradient as zeros, or replace None by torch.zeros_like(param)"
         )
-    _allreduce_mean_([g for g in grads if g is not None], group, bucket_cap_mb)
+    work = []
+    for i, g in enumerate(grads):
+        if g is None:
+            continue
+        if not g.is_contiguous():
+            if not isinstance(given, list):
+                raise ValueError(
+                    f"average_gradients: gradient {i} is not contiguous (e.g. the expanded "
+                    "tensor autograd returns for x.sum()) and cannot be averaged in place; pass "
+                    "a list (its entry is then replaced) or use sync_gradients"
+                )
+            g = given[i] = g.contiguous()
+        work.append(g)
+    _allreduce_mean_(work, group, bucket_cap_mb)
 
 
 # ============================================================================ trees
@@ -387,7 +405,12 @@ def _sync_entries(
                     f"{where}: a gradient has shape {tuple(g.shape)} but its parameter has "
                     f"shape {tuple(e.param.shape)}"
                 )
-            t = g
+            if g.is_contiguous():
+                t = g
+            else:  # e.g. the expanded (stride-0) tensor autograd returns for x.sum(): a copy
+                t = g.contiguous()
+                e.new = t
+                changed = True
         else:
             raise TypeError(
                 f"{where}: gradients must be tensors, numpy arrays or None, got "
@@ -415,7 +438,8 @@ def average_gradient_tree(
     bucketed all-reduce, so the result is usually ``grads`` itself; a new tree
     is returned only where a gradient that is ``None`` here but present on
     another rank had to be filled with zeros (that needs ``model``), or a
-    read-only numpy gradient had to be copied. Use the returned tree.
+    gradient could not be written in place (a read-only numpy array, an
+    expanded tensor) and was replaced by an averaged copy. Use the returned tree.
 
     Without ``model`` the tree's tensors are averaged as :func:`average_gradients`
     does (same ``None`` pattern required on every rank). A no-op when not
@@ -429,7 +453,11 @@ def average_gradient_tree(
     if not is_distributed(group):
         return grads
     if model is None:
-        average_gradients(_tree_tensors(grads), group=group, bucket_cap_mb=bucket_cap_mb)
+        leaves = _tree_tensors(grads)
+        before = list(leaves)
+        average_gradients(leaves, group=group, bucket_cap_mb=bucket_cap_mb)
+        if any(a is not b for a, b in zip(leaves, before)):
+            return _replace_leaves(grads, iter(leaves))
         return grads
     return sync_gradients(model, grads, group=group, bucket_cap_mb=bucket_cap_mb)
 
@@ -456,6 +484,26 @@ def _tree_tensors(g: Any) -> list[Any]:
 
     walk(g)
     return out
+
+
+def _replace_leaves(v: Any, it: Iterator[Any]) -> Any:
+    """``v`` rebuilt with its leaves taken from ``it`` (in :func:`_tree_tensors` order)."""
+    if v is None or isinstance(v, torch.Tensor):
+        return next(it)
+    if isinstance(v, np.ndarray):
+        new = next(it)
+        return v if isinstance(new, torch.Tensor) and new.data_ptr() == v.ctypes.data \
+            else new.numpy()
+    if isinstance(v, StateTree):
+        return StateTree({k: _replace_leaves(c, it) for k, c in v._children.items()})
+    if isinstance(v, Mapping):
+        return {k: _replace_leaves(c, it) for k, c in v.items()}
+    if isinstance(v, list):
+        return [_replace_leaves(c, it) for c in v]
+    if isinstance(v, tuple):
+        vals = [_replace_leaves(c, it) for c in v]
+        return type(v)._make(vals) if hasattr(v, "_fields") else tuple(vals)  # type: ignore[attr-defined]
+    return v
 
 
 def sync_gradients(

@@ -187,7 +187,32 @@ def rank0_only(rank, world):
     return {"progress": wants_progress(True), "warned": bool(deprecations)}
 
 
+def expanded(rank, world):
+    """autograd returns an expanded (stride-0) gradient for x.sum(): averaged as a copy."""
+    f = float(rank + 1)
+    out = {}
+    m = {"w": torch.ones(3), "v": torch.ones(2)}
+    g = fluxtrain.gradient(lambda m: (m["w"].sum() + m["v"].sum()) * f, m)[0]
+    out["was_expanded"] = g["w"].stride() == (0,)
+    out["tree"] = D.sync_gradients(m, g)["w"]
+    g = fluxtrain.gradient(lambda m: m["w"].sum() * f, m)[0]
+    out["tree_nomodel"] = D.average_gradient_tree(g)["w"]
+    ps = fluxtrain.params(m["w"])
+    gs = D.sync_gradients(ps, fluxtrain.gradient(lambda: m["w"].sum() * f, ps))
+    out["grads"] = gs[m["w"]]
+    lst = [fluxtrain.gradient(lambda m: m["w"].sum() * f, m)[0]["w"]]
+    D.average_gradients(lst)
+    out["list"] = lst[0]
+    try:
+        D.average_gradients((fluxtrain.gradient(lambda m: m["w"].sum() * f, m)[0]["w"],))
+        out["tuple_error"] = None
+    except ValueError as e:
+        out["tuple_error"] = str(e)
+    return out
+
+
 SCENARIOS = {
+    "expanded": expanded,
     "rank0_only": rank0_only,
     "ckpt_ddp": ckpt_ddp,
     "hand_explicit": hand_explicit,

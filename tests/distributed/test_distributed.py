@@ -205,6 +205,14 @@ def test_none_submodule_on_one_rank(results):
         _assert_close_rel(r["implicit"], want)
 
 
+def test_expanded_gradients_are_averaged_as_copies(results):
+    for r in _ok(results, "expanded"):
+        assert r["was_expanded"]
+        for key in ("tree", "tree_nomodel", "grads", "list"):
+            assert torch.equal(r[key], torch.full((3,), 1.5)), key
+        assert "not contiguous" in r["tuple_error"]
+
+
 def test_buckets_and_values(results):
     r0, r1 = _ok(results, "buckets")
     # float32 and float64 groups: one bucket each with the default 25 MB cap, plus the flags
