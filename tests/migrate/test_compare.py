@@ -302,3 +302,14 @@ def test_load_trace_drops_a_torn_last_line(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="line 1"):
         compare.load_trace(p)
     assert compare.load_trace(tmp_path / "missing.jsonl") == []
+
+
+def test_check_determinism_blames_the_old_script(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A script that differs from itself (here: fresh OS entropy) is not a migration bug."""
+    nondet = _script(tmp_path, "old.py", extra="b += int.from_bytes(os.urandom(1), 'little')")
+    nondet.write_text("import os\n" + nondet.read_text())
+    assert compare.main([str(nondet), str(nondet), "--check-determinism"]) == 2
+    out = capsys.readouterr().out
+    assert "is not deterministic" in out and "DIVERGED" in out
