@@ -134,6 +134,18 @@ class Stage:
         f = self.fq(node.func)
         return f is not None and f.startswith("fluxtrain.") and f[10:] in names
 
+    def is_setup(self, node: cst.CSTNode) -> bool:
+        """A call of fluxtrain's ``setup``, including one an earlier rule emitted before
+        its import was added (a bare ``setup`` that nothing in scope binds)."""
+        if not isinstance(node, cst.Call):
+            return False
+        if self.call_to(node, "setup"):
+            return True
+        f = node.func
+        if isinstance(f, cst.Name) and f.value == "setup" and self.style.kind == "from":
+            return not self.assignments(f)
+        return False
+
     def binding_value(self, name: cst.Name) -> cst.BaseExpression | None:
         """The value of the single ``name = value`` binding ``name`` refers to, else None."""
         scope = self.scope_of(name)

@@ -84,6 +84,10 @@ class GradientRule(Rule):
                               "rewrite by hand with gradient(lambda m: ..., model)[0]")
                     continue
                 ok, bad = grads_uses_ok(st, gs_name, model)
+                stale = self._old_updates(gs_name)
+                for u in stale:
+                    self.mark(u, "FM108")
+                ok = ok and not stale
                 if not ok:
                     for b in bad:
                         self.mark(b, "FM106")
@@ -109,6 +113,22 @@ class GradientRule(Rule):
                 if id(n) in reads:
                     self.reads[id(n)] = pname
             self.convert[id(c)] = (model, pname)
+
+    def _old_updates(self, gs: cst.Name) -> list[cst.CSTNode]:
+        """``update_`` calls fed by ``gs`` whose optimiser was not turned into a state."""
+        st = self.stage
+        out: list[cst.CSTNode] = []
+        for a in st.assignments(gs):
+            for ref in a.references:
+                arg = st.parent_of(ref.node)
+                call = st.parent_of(arg) if arg is not None else None
+                if isinstance(call, cst.Call) and st.call_to(call, "update_"):
+                    opt = call.args[0].value
+                    if isinstance(opt, cst.Name):
+                        opt = st.binding_value(opt) or opt
+                    if not st.is_setup(opt):
+                        out.append(call)
+        return out
 
     def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.Name:
         new = self.reads.get(id(original_node))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import libcst as cst
+from libcst.metadata import BuiltinAssignment
 
 from fluxtrain_migrate.analysis import params_info
 from fluxtrain_migrate.common import Rule, add_comments
@@ -82,7 +83,8 @@ class ParamsRule(Rule):
             q = st.parent_of(p)
             return (isinstance(q, cst.Call) and isinstance(q.func, cst.Name)
                     and q.func.value in _ITER_FUNCS and len(q.args) == 1
-                    and st.fq(q.func) is None and not st.assignments(q.func))
+                    and st.fq(q.func) is None
+                    and all(isinstance(a, BuiltinAssignment) for a in st.assignments(q.func)))
         return False
 
     def _trainables(self, model: str) -> cst.Call:

@@ -98,12 +98,10 @@ class TrainRule(Rule):
                     self.mark(c, "FM109")
 
     def _is_state(self, opt: cst.BaseExpression) -> bool:
-        if isinstance(opt, cst.Call):
-            return self.stage.call_to(opt, "setup")
         if isinstance(opt, cst.Name):
             v = self.stage.binding_value(opt)
-            return isinstance(v, cst.Call) and self.stage.call_to(v, "setup")
-        return False
+            return v is not None and self.stage.is_setup(v)
+        return self.stage.is_setup(opt)
 
     def _callback(self, expr: cst.BaseExpression) -> tuple[bool, bool] | None:
         """(stops, skips) for a callback; rewrites its stop()/skip(); None if unconvertible."""
@@ -265,6 +263,10 @@ class TrainRule(Rule):
                                   updated_node: cst.SimpleStatementLine) -> Any:
         loop = self.loops.get(id(original_node))
         if loop is None:
-            return super().on_leave(original_node, updated_node) if False else updated_node
-        first = loop[0].with_changes(leading_lines=updated_node.leading_lines)
+            return updated_node
+        lead = list(updated_node.leading_lines)
+        comment = updated_node.trailing_whitespace.comment
+        if comment is not None:
+            lead.append(cst.EmptyLine(indent=True, comment=comment))
+        first = loop[0].with_changes(leading_lines=lead)
         return cst.FlattenSentinel([first, *loop[1:]])
