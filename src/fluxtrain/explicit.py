@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from fluxtrain import trace
+from fluxtrain import distributed, trace
 from fluxtrain.core.base import AbstractRule
 from fluxtrain.errors import DomainError
 from fluxtrain.gradients import withgradient_explicit
@@ -187,7 +187,10 @@ def train_explicit(
             lv = _loss_value(val)
             if not math.isfinite(lv):
                 raise DomainError(f"Loss is {_julia_num(lv)} on data item {i}, stopping training")
-            update_explicit(opt_state, model, grads[0], loss=lv)
+            g = grads[0]
+            if distributed.is_distributed():
+                g = distributed.sync_gradients(model, g)
+            update_explicit(opt_state, model, g, loss=lv)
 
 
 def _julia_num(v: float) -> str:

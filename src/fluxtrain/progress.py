@@ -15,7 +15,14 @@ __all__ = ["progress_bar", "wants_progress"]
 
 
 def wants_progress(progress: bool | None) -> bool:
-    """Whether to show a bar: ``progress`` if given, else whether stderr is a terminal."""
+    """Whether to show a bar: ``progress`` if given, else whether stderr is a terminal.
+
+    Only rank 0 of a ``torch.distributed`` job shows one.
+    """
+    from fluxtrain.distributed import is_rank0
+
+    if not is_rank0():
+        return False
     if progress is not None:
         return bool(progress)
     try:
