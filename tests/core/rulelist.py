@@ -17,5 +17,7 @@ RULES = [
     R.AdamW(couple=False),
 ]
 
-# fluxtrain's own rules, checked alongside where the test makes sense for them
-OWN = [R.OptimiserChain(R.Adam(0.001), R.InvDecay()), R.OptimiserChain(R.ExpDecay(), R.Adam(0.001))]
+# fluxtrain's own rules, in the form Flux 0.13's tests use them (flux-implicit-full.md
+# A9: `Optimiser(InvDecay(), Adam(0.001))`, `Optimiser(ExpDecay(), Adam(0.001))`)
+OWN = [R.OptimiserChain(R.InvDecay(), R.Adam(0.001)),
+       R.OptimiserChain(R.ExpDecay(), R.Adam(0.001))]
