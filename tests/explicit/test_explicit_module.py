@@ -12,7 +12,16 @@ from explicitutil import assert_unchanged, flatten
 from fluxtrain.explicit import setup as flux_setup
 from fluxtrain.explicit import train_explicit, update_explicit
 from fluxtrain.gradients import gradient_explicit
-from fluxtrain.optimisers import Adam, Leaf, Momentum, OptimiserChain, setup, update, update_
+from fluxtrain.optimisers import (
+    Adam,
+    Descent,
+    Leaf,
+    Momentum,
+    OptimiserChain,
+    setup,
+    update,
+    update_,
+)
 from fluxtrain.optimisers.tree import StateTree
 
 
@@ -184,3 +193,40 @@ def test_copy_model_deepcopy_still_trainable() -> None:
     g = gradient_explicit(mse, m2, *make_data(1)[0])[0]
     update_(st, m2, g)  # the state mirrors structure, not identity
     assert not torch.equal(m2[0].weight, m[0].weight)
+
+
+def test_flat_names_with_tied_parameter_listed_twice_count_once() -> None:
+    class Tied(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Linear(2, 2, bias=False, dtype=torch.float64)
+            self.b = torch.nn.Linear(2, 2, bias=False, dtype=torch.float64)
+            self.b.weight = self.a.weight
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.a(x))
+
+    m = Tied()
+    w0 = m.a.weight.detach().clone()
+    m(torch.ones(2, dtype=torch.float64)).sum().backward()
+    total = m.a.weight.grad.clone()
+    st = setup(Descent(0.5), m)
+    # named_parameters(remove_duplicate=False) names the tied tensor twice, same .grad object
+    update_(st, m, {n: p.grad for n, p in m.named_parameters(remove_duplicate=False)})
+    assert torch.equal(m.a.weight.detach(), w0 - total * 0.5)
+
+
+@pytest.mark.cuda
+def test_update_and_gradient_on_cuda() -> None:
+    net = make_mlp().cuda()
+    ref = copy.deepcopy(net)
+    st = setup(Adam(0.01), net)
+    x, y = (t.cuda() for t in make_data(1)[0])
+    g = gradient_explicit(mse, net, x, y)[0]
+    assert g[0].weight.device.type == "cuda"
+    update_(st, net, g)
+    mse(ref, x, y).backward()
+    assert torch.equal(g[0].weight, ref[0].weight.grad)
+    assert not torch.equal(net[0].weight, ref[0].weight)
+    # a CPU gradient for a CUDA parameter is moved, not refused
+    update_(st, net, {n: p.grad.cpu() for n, p in ref.named_parameters()})

@@ -7,11 +7,13 @@ from fluxtrain.optimisers.adjust import adjust, adjust_, freeze_, thaw_
 from fluxtrain.optimisers.interface import setup, update, update_
 from fluxtrain.optimisers.leaf import Leaf
 from fluxtrain.optimisers.trainables import trainables
+from fluxtrain.optimisers.tree import StateTree
 
 __all__ = [
     "AbstractRule",
     *_rules_all,
     "Leaf",
+    "StateTree",
     "setup",
     "update",
     "update_",
