@@ -39,6 +39,8 @@ def warn_deprecated(message: str, *, stacklevel: int = 2, key: str | None = None
     the function that calls ``warn_deprecated``. ``key`` distinguishes different
     warnings issued from the same line (defaults to the message).
     """
+    if _is_nonzero_rank():
+        return  # one process speaks for all in data-parallel training
     try:
         frame = sys._getframe(stacklevel)
         site = (frame.f_code.co_filename, frame.f_lineno, key or message)
@@ -48,6 +50,13 @@ def warn_deprecated(message: str, *, stacklevel: int = 2, key: str | None = None
         return
     _warned_sites.add(site)
     warnings.warn(message, FluxDeprecationWarning, stacklevel=stacklevel + 1)
+
+
+def _is_nonzero_rank() -> bool:
+    """True in every process but rank 0 of an initialised torch.distributed group."""
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
 def reset_deprecation_sites() -> None:
