@@ -674,6 +674,8 @@ def verify_pairs(
         )
         if r.exit_code == EXIT_IDENTICAL:
             verdict = f"trace-equal ({r.steps_compared} steps)"
+            if r.new is not None and any(rec.get("style") == "implicit" for rec in r.new.records):
+                verdict += ", but the new script still trains in the implicit style"
         elif r.exit_code == EXIT_DIVERGED:
             verdict = f"diverged at step {r.step}"
         else:

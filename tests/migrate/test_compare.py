@@ -283,6 +283,11 @@ def test_verify_pairs_table(tmp_path: Path) -> None:
     lines = text.splitlines()
     assert lines[0].split() == ["script", "verdict"]
     assert lines[1].startswith(str(good_old)) and lines[1].endswith("trace-equal (6 steps)")
+    out = io.StringIO()
+    assert compare.verify_pairs([(good_old, good_old)], stream=out) == 0
+    assert "trace-equal (6 steps), but the new script still trains in the implicit style" in (
+        out.getvalue()
+    )
     assert lines[2].endswith("diverged at step 2")
     assert lines[3].startswith(str(crash)) and lines[3].endswith("not runnable")
     assert "exit status 3" in text and "DIVERGED at step 2" in text
