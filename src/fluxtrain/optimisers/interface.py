@@ -22,6 +22,14 @@ rule object and calls :func:`fluxtrain.core.apply_batched` once per rule and
 :func:`fluxtrain.core.subtract_many_` once for all writable parameters. If a
 rule itself raises (``ClipNorm`` on a non-finite norm), parameters are
 unchanged but rules that already ran may have advanced their state.
+
+Speed: the per-step Python work is the walk in :func:`_collect` (one pass,
+about a few microseconds per leaf) plus one ``apply_batched`` per rule object
+and one ``subtract_many_``. Nothing is cached between steps yet; a cache of
+the flattened ``(Leaf, parameter)`` list keyed on the state tree belongs in
+front of ``_collect`` and must be invalidated when the model's parameters or
+submodules are replaced (``Leaf.rule``/``frozen``/``state`` are read live at
+each step, so ``adjust_``/``freeze_``/``thaw_`` need no invalidation).
 """
 
 from __future__ import annotations
