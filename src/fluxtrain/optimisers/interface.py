@@ -311,7 +311,9 @@ def _collect(st: Any, x: Any, g: Any, path: Any, enabled: bool, acc: _Step) -> N
         if type(st) is Leaf:
             raise _state_mismatch(path, f"the state has a Leaf but the model has {_describe(x)}")
         return
-    if k == T.MODULE or k == T.DATACLASS:
+    if k == T.MODULE:
+        _collect_module(st, x, g, path, acc)
+    elif k == T.DATACLASS:
         _collect_named(st, x, g, path, k, acc)
     elif k == T.DICT:
         _collect_dict(st, x, g, path, acc)
@@ -368,6 +370,45 @@ def _collect_named(st: Any, x: Any, g: Any, path: Any, k: int, acc: _Step) -> No
         names = {n for n, _, _ in kids}
         extra = [key for key in gmap if key not in names]
         raise _grad_mismatch(path, f"the gradient has entries {extra} that the model lacks")
+
+
+def _collect_module(st: Any, x: nn.Module, g: Any, path: Any, acc: _Step) -> None:
+    """``_collect_named`` for an ``nn.Module``, without building child lists (the hot path)."""
+    params, mods = x._parameters, x._modules
+    if type(st) is not StateTree or len(st._children) != len(params) + len(mods):
+        return _collect_named(st, x, g, path, T.MODULE, acc)  # raises the full message
+    stch = st._children
+    if g is None:
+        if not all(n in stch for n in params) or not all(n in stch for n in mods):
+            _collect_named(st, x, g, path, T.MODULE, acc)
+        return
+    if type(g) is StateTree:
+        gmap: Any = g._children
+    elif isinstance(g, Mapping):
+        gmap = g
+    else:
+        return _collect_named(st, x, g, path, T.MODULE, acc)
+    matched = 0
+    for items in (params.items(), mods.items()):
+        for name, child in items:
+            sub_st = stch.get(name, _MISSING)
+            if sub_st is _MISSING:
+                return _collect_named(st, x, g, path, T.MODULE, acc)
+            sub_g = gmap.get(name, _MISSING)
+            if sub_g is _MISSING:
+                if not acc.flat and _has_leaf(sub_st):
+                    raise _grad_mismatch(
+                        (path, name, T.MODULE),
+                        "the gradient has no entry here (use None to skip a part of the model)",
+                    )
+                sub_g = None
+            else:
+                matched += 1
+            _collect(sub_st, child, sub_g, (path, name, T.MODULE), True, acc)
+    if len(gmap) > matched:
+        extra = [key for key in gmap if key not in params and key not in mods]
+        raise _grad_mismatch(path, f"the gradient has entries {extra} that the model lacks")
+    return None
 
 
 def _collect_dict(st: Any, x: Any, g: Any, path: Any, acc: _Step) -> None:
