@@ -50,6 +50,7 @@ Log, print and show progress from one process only: ``if is_rank0(): ...``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -58,6 +59,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fluxtrain.errors import DomainError
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.tree import StateTree
 
@@ -146,14 +148,44 @@ def _flags_device(group: Group) -> torch.device:
     return torch.device("cpu")
 
 
-def _presence_counts(grads: Sequence[Any], group: Group) -> list[int]:
-    """For each entry, on how many ranks it is not ``None`` (one small all-reduce)."""
-    flags = torch.tensor(
-        [0 if g is None else 1 for g in grads], dtype=torch.int32, device=_flags_device(group)
-    )
-    if len(grads):
+def _presence_counts(
+    grads: Sequence[Any], group: Group, loss: Any = None
+) -> tuple[list[int], list[int]]:
+    """For each entry, on how many ranks it is not ``None`` (one small all-reduce).
+
+    With ``loss`` given, the same all-reduce also tells which ranks have a
+    non-finite loss (returned second, empty when all are finite).
+    """
+    n = len(grads)
+    world = dist.get_world_size(group) if loss is not None else 0
+    flags = torch.zeros(n + world, dtype=torch.int32, device=_flags_device(group))
+    if n:
+        flags[:n] = torch.tensor([0 if g is None else 1 for g in grads], dtype=torch.int32)
+    if loss is not None and not math.isfinite(_as_float(loss)):
+        flags[n + dist.get_rank(group)] = 1
+    if n + world:
         dist.all_reduce(flags, op=dist.ReduceOp.SUM, group=group)
-    return [int(c) for c in flags.tolist()]
+    vals = [int(c) for c in flags.tolist()]
+    return vals[:n], [r for r, v in enumerate(vals[n:]) if v]
+
+
+def _as_float(loss: Any) -> float:
+    if isinstance(loss, torch.Tensor):
+        return float(loss.detach().reshape(-1)[0].item())
+    return float(loss)
+
+
+def _check_losses(bad: list[int], loss: Any, item: int | None, group: Group) -> None:
+    if not bad:
+        return
+    at = f" on data item {item}" if item is not None else ""
+    v = _as_float(loss)
+    if not math.isfinite(v):
+        what = "NaN" if math.isnan(v) else ("Inf" if v > 0 else "-Inf")
+        msg = f"Loss is {what}{at} (rank {dist.get_rank(group)}), stopping training"
+    else:
+        msg = f"Loss is not finite{at} on rank(s) {bad}, stopping training on every rank"
+    raise DomainError(msg)
 
 
 def _real_view(t: torch.Tensor) -> torch.Tensor:
@@ -258,7 +290,7 @@ def average_gradients(
         return
     given = grads
     grads = list(grads)
-    counts = _presence_counts(grads, group)
+    counts, _ = _presence_counts(grads, group)
     world = dist.get_world_size(group)
     bad = [i for i, c in enumerate(counts) if 0 < c < world]
     if bad:
@@ -378,10 +410,16 @@ def _ddp_synced(model: Any, entries: Sequence[_Entry]) -> bool:
 
 
 def _sync_entries(
-    entries: Sequence[_Entry], group: Group, bucket_cap_mb: float, where: str
+    entries: Sequence[_Entry],
+    group: Group,
+    bucket_cap_mb: float,
+    where: str,
+    loss: Any = None,
+    item: int | None = None,
 ) -> bool:
     """Average the entries' gradients; returns whether any entry got a new object."""
-    counts = _presence_counts([e.grad for e in entries], group)
+    counts, bad = _presence_counts([e.grad for e in entries], group, loss)
+    _check_losses(bad, loss, item, group)
     work: list[torch.Tensor] = []
     changed = False
     for e, c in zip(entries, counts):
@@ -510,6 +548,8 @@ def sync_gradients(
     model_or_params: Any,
     grads: Any,
     *,
+    loss: Any = None,
+    item: int | None = None,
     group: Group = None,
     bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
 ) -> Any:
@@ -527,7 +567,14 @@ def sync_gradients(
       (returns a new list).
 
     A gradient that is ``None`` here but present on another rank becomes zeros
-    (of the parameter's shape and dtype). Gradients that are a DDP module's
+    (of the parameter's shape and dtype).
+
+    ``loss=`` (this rank's loss, a number or 1-element tensor) makes the
+    non-finite-loss check collective, at no extra communication: if the loss
+    is NaN or infinite on *any* rank, every rank raises
+    :class:`~fluxtrain.DomainError` (naming ``item``, the data item number,
+    when given) instead of one rank stopping while the others wait for it in
+    the next all-reduce. Gradients that are a DDP module's
     own ``.grad`` tensors were already averaged by DDP and are returned as they
     are. Not distributed: returns ``grads`` untouched.
 
@@ -555,7 +602,7 @@ def sync_gradients(
                     f"{type(grads).__name__}"
                 )
             entries.append(_Entry(p, g))
-        if _sync_entries(entries, group, bucket_cap_mb, where):
+        if _sync_entries(entries, group, bucket_cap_mb, where, loss, item):
             if not isinstance(grads, Grads):
                 grads = Grads([(e.param, e.grad) for e in entries], ps)
             for e in entries:
@@ -571,7 +618,7 @@ def sync_gradients(
                 "one gradient (or None) per parameter, in the same order"
             )
         entries = [_Entry(p, g) for p, g in zip(model_or_params, grads)]
-        _sync_entries(entries, group, bucket_cap_mb, where)
+        _sync_entries(entries, group, bucket_cap_mb, where, loss, item)
         return [e.grad if e.new is _MISSING else e.new for e in entries]
     model = model_or_params
     if _is_flat_names(model, grads):
@@ -579,7 +626,7 @@ def sync_gradients(
         entries = [_Entry(p, grads.get(n)) for n, p in named]
         if _ddp_synced(model, entries):
             return grads
-        if _sync_entries(entries, group, bucket_cap_mb, where):
+        if _sync_entries(entries, group, bucket_cap_mb, where, loss, item):
             out = dict(grads)
             for (n, _), e in zip(named, entries):
                 if e.new is not _MISSING:
@@ -590,6 +637,6 @@ def sync_gradients(
     _collect(model, grads, True, entries)
     if _ddp_synced(model, entries):
         return grads
-    if _sync_entries(entries, group, bucket_cap_mb, where):
+    if _sync_entries(entries, group, bucket_cap_mb, where, loss, item):
         return _rebuild(model, grads, True, iter(entries))
     return grads

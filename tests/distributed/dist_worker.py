@@ -211,7 +211,22 @@ def expanded(rank, world):
     return out
 
 
+def nonfinite_loss(rank, world):
+    """A NaN loss on rank 1 stops every rank (no rank left waiting in an all-reduce)."""
+    m = {"w": torch.ones(2)}
+    lv = float("nan") if rank == 1 else 0.5
+    g = {"w": torch.ones(2)}
+    try:
+        D.sync_gradients(m, g, loss=lv, item=3)
+        first = None
+    except fluxtrain.DomainError as e:
+        first = str(e)
+    g = D.sync_gradients(m, {"w": torch.full((2,), float(rank))}, loss=torch.tensor(1.0))
+    return {"error": first, "after": g["w"]}
+
+
 SCENARIOS = {
+    "nonfinite_loss": nonfinite_loss,
     "expanded": expanded,
     "rank0_only": rank0_only,
     "ckpt_ddp": ckpt_ddp,

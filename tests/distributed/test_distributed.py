@@ -213,6 +213,15 @@ def test_expanded_gradients_are_averaged_as_copies(results):
         assert "not contiguous" in r["tuple_error"]
 
 
+def test_nonfinite_loss_on_one_rank_stops_all(results):
+    r0, r1 = _ok(results, "nonfinite_loss")
+    assert r1["error"] == "Loss is NaN on data item 3 (rank 1), stopping training"
+    assert r0["error"] == ("Loss is not finite on data item 3 on rank(s) [1], stopping "
+                           "training on every rank")
+    for r in (r0, r1):  # the group is still usable afterwards
+        assert torch.equal(r["after"], torch.full((2,), 0.5))
+
+
 def test_buckets_and_values(results):
     r0, r1 = _ok(results, "buckets")
     # float32 and float64 groups: one bucket each with the default 25 MB cap, plus the flags
@@ -267,7 +276,6 @@ def test_progress_bar_from_rank0_only(results):
     assert r0["progress"] is True and r1["progress"] is False
 
 
-@NOT_WIRED
 def test_deprecation_warnings_from_rank0_only(results):
     r0, r1 = _ok(results, "rank0_only")
     assert r0["warned"] is True and r1["warned"] is False
