@@ -59,6 +59,11 @@ def test_mismatched_dict_and_module_trees_name_the_path() -> None:
     bad = StateTree({"0": g[0], "1": None})  # layer 2 forgotten
     with pytest.raises(ValueError, match=r"model\[2\]: the gradient has no entry here"):
         update_(st, net, bad)
+    extra = StateTree({"0": g[0], "1": None, "2": g[2], "3": None})
+    with pytest.raises(ValueError, match=r"at model: the gradient has entries \['3'\] that the"):
+        update_(st, net, extra)
+    with pytest.raises(ValueError, match=r"at model\[0\]: the model has a Linear"):
+        update_(st, net, StateTree({"0": [g[0].weight], "1": None, "2": None}))
     with pytest.raises(ValueError, match=r"did you pass the whole result of gradient"):
         update_(st, net, (g,))
     with pytest.raises(ValueError, match=r"names \['2.weight_typo'\] are not parameters"):
