@@ -104,6 +104,7 @@ def train_(
     >>> w.tolist()
     [-0.1]
     """
+    _check_train_args(loss, data)
     if isinstance(model, Params):
         if isinstance(opt, AbstractOptimiser):
             warn_deprecated(
@@ -123,6 +124,21 @@ def train_(
             "train_: the Params come second, train_(loss, ps, data, opt); got Params first"
         )
     return explicit.train_explicit(loss, model, data, opt, cb=cb, progress=progress)
+
+
+def _check_train_args(loss: Any, data: Any) -> None:
+    """Refuse a non-callable loss or non-iterable data before anything runs."""
+    if not callable(loss):
+        raise TypeError(
+            f"train_: the loss (1st argument) must be callable, got {type(loss).__name__}; "
+            "the order is train_(loss, model, data, opt_state)"
+        )
+    t = type(data)
+    if not (hasattr(t, "__iter__") or hasattr(t, "__getitem__")):  # no iter(): a DataLoader
+        raise TypeError(
+            f"train_: data (3rd argument) must be iterable (a list, generator or DataLoader "
+            f"of items), got {type(data).__name__}; for a single item use [item]"
+        )
 
 
 # ---------------------------------------------------------------------------- update_

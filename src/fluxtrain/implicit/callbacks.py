@@ -174,6 +174,10 @@ def throttle(
     >>> g(), g(), g()
     (1, 1, 1)
     """
+    if not callable(f):
+        raise TypeError(
+            f"throttle: f must be callable (a function to throttle), got {type(f).__name__}"
+        )
     if timeout < 0:
         raise ValueError(f"throttle: timeout must be non-negative seconds, got {timeout}")
     return _Throttled(f, timeout, leading, trailing)

@@ -35,6 +35,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from fluxtrain.core import rules as _rules
 from fluxtrain.core.base import AbstractRule, State, Step, maywrite
 from fluxtrain.core.batched import apply_batched
+from fluxtrain.core.guards import defer_interrupts
 from fluxtrain.core.ops import subtract_many_
 from fluxtrain.errors import warn_deprecated
 
@@ -254,17 +255,32 @@ def step_many_(
                     f"{tuple(x.shape)} is read-only (e.g. a numpy array with writeable=False); "
                     "make it writable or use the explicit style, whose update returns new arrays"
                 )
+            if torch._debug_has_internal_overlap(x) == 1:
+                raise TypeError(
+                    f"implicit update_ changes parameters in place, but a parameter of shape "
+                    f"{tuple(x.shape)} and strides {x.stride()} has elements sharing memory "
+                    "(an expanded, stride-0 view); train a real tensor (x.clone()) instead"
+                )
     if _is_custom(opt):
+        # A user's apply keeps its own state: fluxtrain cannot roll it back.
         steps: list[Step] = [opt.apply(x, dx) for x, dx in zip(xs, dxs)]
-    else:
-        rule = opt._rule()
-        states = [opt._get_state(x) for x in xs]
-        new_states, steps = apply_batched(rule, states, list(xs), list(dxs))
+        if subtract:
+            subtract_many_(list(xs), steps)
+        return steps
+    rule = opt._rule()
+    # The rules update state tensors in place: run them on copies, so that an
+    # exception (or KeyboardInterrupt) before the commit below leaves the
+    # parameters and the optimiser's state exactly as they were.
+    states = [
+        clone_state(opt._peek_state(x)) if opt._has_state(x) else rule.init(x) for x in xs
+    ]
+    new_states, steps = apply_batched(rule, states, list(xs), list(dxs))
+    with defer_interrupts():  # commit: parameters and state together
+        if subtract:
+            subtract_many_(list(xs), steps)
         for x, s in zip(xs, new_states):
             opt._put_state(x, s)
         opt._finish_step()
-    if subtract:
-        subtract_many_(list(xs), steps)
     return steps
 
 
