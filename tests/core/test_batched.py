@@ -128,6 +128,13 @@ def test_batched_equals_per_leaf(rule):
     _run(rule)
 
 
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_batched_equals_per_leaf_half_precision(rule):
+    # float16 and bfloat16 (in bfloat16, 0.999 rounds to 1.0: 1 - beta2 == 0 must give Inf
+    # as in Julia, not a Python ZeroDivisionError)
+    _run(rule, dtypes=(torch.float16, torch.bfloat16))
+
+
 @pytest.mark.parametrize(
     "rule",
     [R.MixedPrecision(R.Adam(0.01)), R.MixedPrecision(torch.float64, R.Momentum(0.1))],

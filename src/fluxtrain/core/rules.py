@@ -115,6 +115,23 @@ def _sign_many(ts: Tensors) -> Tensors:
     return list(torch._foreach_sign(ts))
 
 
+def _fdiv(a: float, b: float) -> float:
+    """IEEE division of Python floats (Julia's ``/``): x/0 is ±Inf, 0/0 is NaN.
+
+    Reachable with coarse dtypes: in bfloat16, 0.999 rounds to 1.0 and ``1 - β2 == 0``.
+    """
+    try:
+        return a / b
+    except ZeroDivisionError:
+        if a == 0 or math.isnan(a):
+            return math.nan
+        return math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def _fsqrt(a: float) -> float:
+    return math.sqrt(a) if a >= 0 else math.nan  # also NaN for NaN (comparison is False)
+
+
 def _group(keys: Sequence[Hashable]) -> list[list[int]]:
     """Indices grouped by equal key, in first-seen order (for per-leaf scalars)."""
     groups: dict[Hashable, list[int]] = {}
@@ -378,9 +395,10 @@ class Rprop(AbstractRule):
         check_param(self, x)
         return RpropState(torch.zeros_like(x), torch.full_like(x, cast(self.eta, x.dtype)))
 
-    def _prepare(self, g: torch.Tensor, eta: torch.Tensor, dx: torch.Tensor, up: torch.Tensor,
-                 down: torch.Tensor, prod: torch.Tensor, dt: torch.dtype) -> tuple[
-                     torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def _select(eta: torch.Tensor, dx: torch.Tensor, up: torch.Tensor, down: torch.Tensor,
+                prod: torch.Tensor, dt: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """New (grad, eta) from the sign of old_grad*dx: selections only, so exact."""
         eta2 = torch.where(prod > 0, up, torch.where(prod < 0, down, eta))
         g2 = dx.masked_fill(prod < 0, 0).to(dt)
         return g2, eta2
@@ -394,7 +412,7 @@ class Rprop(AbstractRule):
         prod = g * dx
         up = (eta * l2).clamp_max_(g2)      # min(η·ℓ2, Γ2)
         down = (eta * l1).clamp_min_(g1)    # max(η·ℓ1, Γ1)
-        gnew, etanew = self._prepare(g, eta, dx, up, down, prod, dt)
+        gnew, etanew = self._select(eta, dx, up, down, prod, dt)
         return RpropState(gnew, etanew), etanew * _sign(gnew)
 
     def apply_many(self, states, xs, dxs):  # type: ignore[no-untyped-def]
@@ -410,8 +428,7 @@ class Rprop(AbstractRule):
         downs = torch._foreach_mul(etas, l1)
         torch._foreach_clamp_min_(downs, g1)
         new = [
-            self._prepare(g, e, d, u, dn, p, dt)
-            for g, e, d, u, dn, p in zip(gs, etas, dxs, ups, downs, prods)
+            self._select(e, d, u, dn, p, dt) for e, d, u, dn, p in zip(etas, dxs, ups, downs, prods)
         ]
         gnews = [n[0] for n in new]
         etanews = [n[1] for n in new]
@@ -575,13 +592,13 @@ class RAdam(AbstractRule):
             return cast(v, dt)
 
         b2 = cast(self.beta[1], dt)
-        rinf = c(c(2 / c(1 - b2)) - 1)
-        rho = c(rinf - c(c(2 * t * bt2) / c(1 - bt2)))
+        rinf = c(c(_fdiv(2, c(1 - b2))) - 1)
+        rho = c(rinf - c(_fdiv(c(2 * t * bt2), c(1 - bt2))))
         if not rho > 4:
             return None
         num = c(c(c(rho - 4) * c(rho - 2)) * rinf)
         den = c(c(c(rinf - 4) * c(rinf - 2)) * rho)
-        return c(math.sqrt(c(num / den)))
+        return c(_fsqrt(c(_fdiv(num, den))))
 
     def apply(self, state: State, x: torch.Tensor, dx: torch.Tensor) -> tuple[State, Step]:
         dt = x.dtype
@@ -664,7 +681,7 @@ class AdaMax(AbstractRule):
         m.mul_(b1).add_(dx * c1)
         u.mul_(b2)
         torch.maximum(u, dx.abs(), out=u)
-        step = m * cast(eta / cast(1 - bt1, dt), dt)
+        step = m * cast(_fdiv(eta, cast(1 - bt1, dt)), dt)
         step.div_(u + eps)
         return AdaMaxState(m, u, _advance((bt1, bt2), b1, b2, dt)), step
 
@@ -678,7 +695,8 @@ class AdaMax(AbstractRule):
         torch._foreach_add_(ms, torch._foreach_mul(dxs, c1))
         torch._foreach_mul_(us, b2)
         torch._foreach_maximum_(us, torch._foreach_abs(dxs))
-        steps = torch._foreach_mul(ms, [cast(eta / cast(1 - s.beta_t[0], dt), dt) for s in states])
+        scales = [cast(_fdiv(eta, cast(1 - s.beta_t[0], dt)), dt) for s in states]
+        steps = torch._foreach_mul(ms, scales)
         torch._foreach_div_(steps, torch._foreach_add(us, eps))
         new_states = [
             AdaMaxState(m, u, _advance(s.beta_t, b1, b2, dt)) for m, u, s in zip(ms, us, states)
@@ -1497,7 +1515,7 @@ class InvDecay(AbstractRule):
         return 1
 
     def _factor(self, n: int) -> float:
-        return 1 / (1 + self.gamma * n)
+        return _fdiv(1.0, 1 + self.gamma * n)
 
     def apply(self, state: State, x: torch.Tensor, dx: torch.Tensor) -> tuple[State, Step]:
         return state + 1, _scale_f64([_grad(dx, x)], [self._factor(state)])[0]
