@@ -13,7 +13,7 @@ Implicit style (Flux 0.13, deprecated, kept so old scripts run)::
 ``fluxtrain-migrate`` rewrites the second into the first.
 """
 
-from fluxtrain import optimise, optimisers
+from fluxtrain import checkpoint, distributed, optimise, optimisers
 from fluxtrain.dispatch import gradient, train_, update_, withgradient
 from fluxtrain.errors import DomainError, FluxDeprecationWarning
 from fluxtrain.explicit import setup
@@ -28,6 +28,8 @@ from fluxtrain.optimisers import Leaf, adjust, adjust_, freeze_, thaw_, trainabl
 __version__ = "0.1.0"
 
 __all__ = [
+    "checkpoint",
+    "distributed",
     "optimise",
     "optimisers",
     "setup",
