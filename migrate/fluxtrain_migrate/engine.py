@@ -87,7 +87,7 @@ def migrate_bytes(
     try:
         module = cst.parse_module(body)
     except cst.ParserSyntaxError as e:
-        result.error = f"{path}:{e.raw_line}:{e.raw_column + 1}: syntax error: {e.message}"
+        result.error = _syntax_error(body, path, e)
         return result
     except Exception as e:  # noqa: BLE001 - e.g. undecodable bytes
         result.error = f"{path}:1:1: cannot parse: {e}"
@@ -132,6 +132,18 @@ def migrate_bytes(
     result.changed = new != data
     result.markers = find_markers(module.code, path)
     return result
+
+
+def _syntax_error(body: bytes, path: str, e: cst.ParserSyntaxError) -> str:
+    """``path:line:col: syntax error: ...``, with CPython's position when it has one."""
+    try:
+        compile(body, path, "exec", dont_inherit=True)
+    except SyntaxError as se:
+        if se.lineno:
+            return f"{path}:{se.lineno}:{se.offset or 1}: syntax error: {se.msg}"
+    except Exception:  # noqa: BLE001 - fall back to libcst's position
+        pass
+    return f"{path}:{e.raw_line}:{e.raw_column + 1}: syntax error: {e.message}"
 
 
 def find_markers(text: str, path: str) -> list[Marker]:
