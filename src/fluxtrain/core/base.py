@@ -67,7 +67,8 @@ class AbstractRule:
     Subclasses are ``@dataclass(frozen=True, repr=False)`` classes whose fields
     are the hyperparameters, in the original's order. Validation is driven by
     each field's default (a float default makes a real-number field, a tuple
-    default a tuple of reals of that length, a bool default a flag); any field
+    default a tuple of reals of that length, a bool default a flag, an int
+    default an integer); any field
     named ``eta`` must be non-negative. Override :meth:`_validate` for more.
 
     Writing your own rule (Optimisers.jl's ``DecayDescent`` example)::
