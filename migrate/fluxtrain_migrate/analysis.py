@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from fluxtrain_migrate.common import Stage, positional, root_name
+from fluxtrain_migrate.common import Stage, code, positional, root_name
 
 
 @dataclass
@@ -20,6 +20,9 @@ class ParamsInfo:
     status: str
     model: cst.Name | None = None
     binding: cst.Name | None = None
+    #: children of the model to freeze when only one part of it is trained
+    #: (``params(model[k])`` of a ``Sequential(...)`` built in the script)
+    frozen: tuple[int, ...] = ()
 
 
 def params_info(stage: Stage, expr: cst.BaseExpression) -> ParamsInfo:
@@ -48,6 +51,9 @@ def params_info(stage: Stage, expr: cst.BaseExpression) -> ParamsInfo:
         return ParamsInfo("part", binding=binding)
     arg = args[0].value
     if not isinstance(arg, cst.Name):
+        part = sequential_part(stage, arg)
+        if part is not None:
+            return ParamsInfo("ok", model=part[0], binding=binding, frozen=part[1])
         return ParamsInfo("part" if root_name(arg) is not None else "ambiguous", binding=binding)
     # every assignment of the model must come before the params call
     line = stage.position(call)[0]
@@ -58,6 +64,30 @@ def params_info(stage: Stage, expr: cst.BaseExpression) -> ParamsInfo:
     if not stage.assignments(arg):
         return ParamsInfo("ambiguous", binding=binding)
     return ParamsInfo("ok", model=arg, binding=binding)
+
+
+def sequential_part(
+    stage: Stage, expr: cst.BaseExpression
+) -> tuple[cst.Name, tuple[int, ...]] | None:
+    """``model[k]`` where ``model = ...Sequential(a, b, c)`` (bound once, plain positional
+    children): the model and the indices of the other children, else None."""
+    if not (isinstance(expr, cst.Subscript) and isinstance(expr.value, cst.Name)
+            and len(expr.slice) == 1 and isinstance(expr.slice[0].slice, cst.Index)):
+        return None
+    idx = expr.slice[0].slice.value
+    if not isinstance(idx, cst.Integer):
+        return None
+    model = expr.value
+    value = stage.binding_value(model)
+    if not isinstance(value, cst.Call) or not code(value.func).endswith("Sequential"):
+        return None
+    if any(a.keyword is not None or a.star for a in value.args):
+        return None
+    n = len(value.args)
+    k = int(idx.value, 0)
+    if not 0 <= k < n:
+        return None
+    return model, tuple(j for j in range(n) if j != k)
 
 
 def implicit_gradient(stage: Stage, call: cst.Call) -> ParamsInfo | None:

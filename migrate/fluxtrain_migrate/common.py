@@ -302,6 +302,10 @@ def taken_names(module: cst.Module) -> set[str]:
         def visit_Name(self, node: cst.Name) -> None:
             names.add(node.value)
 
+        def visit_Attribute(self, node: cst.Attribute) -> bool:
+            node.value.visit(self)  # ``x.attr``: ``attr`` binds nothing
+            return False
+
     module.visit(_V())
     return names
 

@@ -52,6 +52,12 @@ class OptimiserRule(Rule):
         self.adjust: dict[int, tuple[str, str, str | None]] = {}  # Assign id -> (state, field)
         self.update_args: dict[int, cst.Name] = {}  # update_ call id -> model
         self.constructions: list[cst.Call] = []
+        self.before: dict[int, list[str]] = {}  # statement id -> lines to put before it
+        self.after: dict[int, tuple[int, ...]] = {}  # statement id -> children to freeze
+        self.freeze_state: dict[int, str] = {}
+        self.eta_names: dict[int, str] = {}  # opt.eta Attribute id -> variable
+        self.eta_aug: dict[int, tuple[str, str]] = {}  # AugAssign id -> (variable, state)
+        self.eta_assign: dict[int, str] = {}  # opt.eta = v Assign id -> variable
         self.converted_ids: set[int] = set()
         taken = taken_names(st.module)
         calls: list[cst.Call] = []
@@ -88,7 +94,9 @@ class OptimiserRule(Rule):
         return value is not None and self.old_name(value) is not None
 
     def _update_model(self, call: cst.Call) -> tuple[cst.Name | None, bool]:
-        """(model, ok) for ``update_(opt, ps, gs)``."""
+        """(model, ok) for ``update_(opt, ps, gs)``; ``self.last_frozen`` gets the parts
+        to freeze."""
+        self.last_frozen: tuple[int, ...] = ()
         st = self.stage
         pos = positional(call)
         if len(pos) != 3 or len(call.args) != 3:
@@ -96,6 +104,7 @@ class OptimiserRule(Rule):
         info = params_info(st, pos[1].value)
         if info.status != "ok" or info.model is None:
             return None, False
+        self.last_frozen = info.frozen
         gs = pos[2].value
         if isinstance(gs, cst.Call):
             ok = implicit_gradient(st, gs) is not None
@@ -123,13 +132,13 @@ class OptimiserRule(Rule):
             model = None
             if st.call_to(owner, "update_") and pos and pos[0] is parent_arg:
                 model, ok = self._update_model(owner)
-                if model is not None and ok:
+                if model is not None and ok and not self.last_frozen:
                     self.update_args[id(owner)] = model
                 else:
                     model = None
             elif st.call_to(owner, "train_") and len(pos) >= 4 and pos[3] is parent_arg:
                 info = params_info(st, pos[1].value)
-                model = info.model if info.status == "ok" else None
+                model = info.model if info.status == "ok" and not info.frozen else None
             if model is None:
                 self.mark(c, "FM107")
                 return
@@ -146,6 +155,9 @@ class OptimiserRule(Rule):
                       "opt_state = setup(rule, model) and adjust_")
             return
         models: set[str] = set()
+        frozen: set[tuple[int, ...]] = set()
+        eta_reads: list[cst.Attribute] = []
+        eta_augs: list[cst.AugAssign] = []
         model_node: cst.Name | None = None
         bad: list[cst.CSTNode] = []
         renames: list[cst.Name] = [target]
@@ -161,6 +173,7 @@ class OptimiserRule(Rule):
                 if st.call_to(q, "update_") and pos and pos[0] is p:
                     m, ok = self._update_model(q)
                     if m is not None and ok:
+                        frozen.add(self.last_frozen)
                         models.add(m.value)
                         model_node = model_node or m
                         renames.append(node)
@@ -169,6 +182,7 @@ class OptimiserRule(Rule):
                 if st.call_to(q, "train_") and len(pos) >= 4 and pos[3] is p:
                     info = params_info(st, pos[1].value)
                     if info.status == "ok" and info.model is not None:
+                        frozen.add(info.frozen)
                         models.add(info.model.value)
                         model_node = model_node or info.model
                         renames.append(node)
@@ -179,7 +193,24 @@ class OptimiserRule(Rule):
                 if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and fld is not None:
                     adjusts.append((stmt, fld, stmt.value))
                     continue
+            if (isinstance(p, cst.Attribute) and p.value is node and p.attr.value == "eta"
+                    and root in _ETA_DEFAULT and st.scope_of(node) is st.scope_of(target)):
+                if isinstance(q, cst.AugAssign) and q.target is p:
+                    eta_augs.append(q)
+                    continue
+                if not isinstance(q, (cst.AssignTarget, cst.AugAssign)):
+                    eta_reads.append(p)
+                    continue
             bad.append(node)
+        eta_init = _eta_init(c, root) if (eta_reads or eta_augs) else None
+        if (eta_reads or eta_augs) and eta_init is None:
+            bad.extend(eta_reads)
+            bad.extend(eta_augs)
+        if len(frozen) > 1:
+            self.mark(c, "FM102", "this optimiser trains different parts of the model at "
+                      "different places: one setup per part, with freeze_")
+            self.ctx.blocked.add(target.value)
+            return
         if bad or len(models) != 1 or model_node is None:
             for b in bad:
                 self.mark(b, "FM107")
@@ -206,8 +237,23 @@ class OptimiserRule(Rule):
             taken.add(new)
         for n in renames:
             self.rename[id(n)] = new
+        eta_var = None
+        if eta_init is not None:
+            eta_var = free_name(st, "eta", taken)
+            taken.add(eta_var)
+            self.before[id(parent_arg)] = [f"{eta_var} = {eta_init}"]
+            for r in eta_reads:
+                self.eta_names[id(r)] = eta_var
+            for aug in eta_augs:
+                self.eta_aug[id(aug)] = (eta_var, new)
+        (fz,) = frozen or {()}
+        if fz:
+            self.after[id(parent_arg)] = fz
+            self.freeze_state[id(parent_arg)] = new
         for stmt, fld, _v in adjusts:
             self.adjust[id(stmt)] = (new, fld, root)
+            if fld == "eta" and eta_var is not None:
+                self.eta_assign[id(stmt)] = eta_var
         for q, m in updates:
             self.update_args[id(q)] = m
         self._emit(c, model_node)
@@ -348,6 +394,59 @@ class OptimiserRule(Rule):
             return updated_node.with_changes(args=args)
         return updated_node
 
+    def leave_Attribute(self, original_node: cst.Attribute,
+                        updated_node: cst.Attribute) -> cst.BaseExpression:
+        var = self.eta_names.get(id(original_node))
+        if var is None:
+            return updated_node
+        self.change(original_node, f"opt.eta -> {var}")
+        return cst.Name(var)
+
+    def leave_SimpleStatementLine(self, original_node: cst.SimpleStatementLine,
+                                  updated_node: cst.SimpleStatementLine) -> Any:
+        small = original_node.body[0] if len(original_node.body) == 1 else None
+        if small is None:
+            return updated_node
+        sid = id(small)
+        if sid in self.eta_aug:
+            var, state = self.eta_aug[sid]
+            aug = updated_node.body[0]
+            assert isinstance(aug, cst.AugAssign)
+            first = updated_node.with_changes(body=[aug.with_changes(target=cst.Name(var))])
+            call = cst.Call(func=self.stage.style.api("adjust_", self.ctx),
+                            args=fix_commas([cst.Arg(cst.Name(state)), cst.Arg(cst.Name(var))]))
+            second = cst.SimpleStatementLine(body=[cst.Expr(call)])
+            self.change(original_node, f"opt.eta op= v -> {var} op= v; adjust_(opt_state, {var})")
+            return cst.FlattenSentinel([first, second])
+        if sid in self.eta_assign:
+            var = self.eta_assign[sid]
+            assign = original_node.body[0]
+            assert isinstance(assign, cst.Assign)
+            first = cst.SimpleStatementLine(
+                body=[cst.Assign(targets=[cst.AssignTarget(cst.Name(var))], value=assign.value)],
+                leading_lines=updated_node.leading_lines)
+            expr = updated_node.body[0]
+            assert isinstance(expr, cst.Expr) and isinstance(expr.value, cst.Call)
+            args = list(expr.value.args)
+            args[-1] = args[-1].with_changes(value=cst.Name(var))
+            second = updated_node.with_changes(
+                body=[expr.with_changes(value=expr.value.with_changes(args=args))],
+                leading_lines=[])
+            return cst.FlattenSentinel([first, second])
+        out: list[cst.BaseStatement] = [updated_node]
+        if sid in self.before:
+            lines: list[cst.BaseStatement] = [cst.parse_statement(t) for t in self.before[sid]]
+            lines[0] = lines[0].with_changes(leading_lines=updated_node.leading_lines)
+            out = [*lines, updated_node.with_changes(leading_lines=[])]
+        if sid in self.after:
+            state = self.freeze_state[sid]
+            freeze = code(self.stage.style.api("freeze_", self.ctx))
+            for j in self.after[sid]:
+                out.append(cst.parse_statement(f"{freeze}({state}[{j}])"))
+            self.change(original_node, "training part of the model -> setup on the whole "
+                        "model and freeze_ of the other parts")
+        return cst.FlattenSentinel(out) if len(out) > 1 else updated_node
+
     def leave_Name(self, original_node: cst.Name, updated_node: cst.Name) -> cst.Name:
         new = self.rename.get(id(original_node))
         return updated_node.with_changes(value=new) if new else updated_node
@@ -367,6 +466,30 @@ class OptimiserRule(Rule):
         self.change(original_node, f"opt.{fld} = v -> adjust_(opt_state, ...)")
         call = cst.Call(func=self.stage.style.api("adjust_", self.ctx), args=fix_commas(args))
         return cst.Expr(call)
+
+
+#: Old optimisers whose first positional argument is ``eta``, with its old default.
+_ETA_DEFAULT: dict[str, str] = {
+    "Descent": "0.1", "Momentum": "0.01", "Nesterov": "0.001", "RMSProp": "0.001",
+    "Adam": "0.001", "RAdam": "0.001", "AdaMax": "0.001", "OAdam": "0.001",
+    "AdaGrad": "0.1", "AMSGrad": "0.001", "NAdam": "0.001", "AdaBelief": "0.001",
+    "ADAM": "0.001", "NADAM": "0.001", "RADAM": "0.001", "OADAM": "0.001", "ADAGrad": "0.1",
+}
+
+
+def _eta_init(c: cst.Call, root: str) -> str | None:
+    """The initial learning rate as source text, if it is a plain number."""
+    pos = positional(c)
+    kw = keyword(c, "eta")
+    expr = kw.value if kw is not None else (pos[0].value if pos else None)
+    if expr is None:
+        return _ETA_DEFAULT.get(root)
+    if isinstance(expr, (cst.Integer, cst.Float)):
+        return expr.value
+    if (isinstance(expr, cst.UnaryOperation) and isinstance(expr.operator, cst.Minus)
+            and isinstance(expr.expression, (cst.Integer, cst.Float))):
+        return code(expr)
+    return None
 
 
 def _square(v: cst.BaseExpression) -> cst.BaseExpression:

@@ -55,7 +55,12 @@ class ParamsRule(Rule):
                 self.mark(a, "FM103")
                 continue
             left = 0
-            for asg in st.assignments(t):
+            if info.frozen:
+                left = sum(len(x.references) for x in st.assignments(t))
+                for asg in st.assignments(t):
+                    for ref in asg.references:
+                        self.mark(ref.node, "FM101")
+            for asg in st.assignments(t) if not info.frozen else []:
                 for ref in asg.references:
                     if self._iter_position(ref.node):
                         self.to_trainables[id(ref.node)] = info.model.value
@@ -69,7 +74,8 @@ class ParamsRule(Rule):
             if id(c) in bound_calls:
                 continue
             info = params_info(st, c)
-            if info.status == "ok" and info.model is not None and self._iter_position(c):
+            if (info.status == "ok" and info.model is not None and not info.frozen
+                    and self._iter_position(c)):
                 self.to_trainables[id(c)] = info.model.value
             else:
                 self.mark(c, "FM101" if info.status == "ok" else "FM102")
