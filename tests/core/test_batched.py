@@ -198,3 +198,12 @@ def test_user_rule_through_apply_batched():
     assert xs[0].tolist() == [-(0.5 + 0.5 / math.sqrt(2))] * 2
     f32 = torch.tensor(0.0).sub_(torch.tensor(0.5)).sub_(torch.tensor(0.5 / math.sqrt(2)))
     assert bits_equal(xs[1], f32.expand(3).contiguous())
+
+
+@pytest.mark.parametrize("rule", RULES, ids=repr)
+def test_batched_in_small_cpu_chunks(rule, monkeypatch):
+    # apply_batched splits CPU groups into cache-sized chunks; force many chunks
+    import fluxtrain.core.batched as batched
+
+    monkeypatch.setattr(batched, "CPU_CHUNK_BYTES", 64)
+    _run(rule)

@@ -17,6 +17,30 @@ from fluxtrain.core.base import AbstractRule, State, Step
 
 __all__ = ["group_key", "apply_batched"]
 
+#: On the CPU a group is fed to ``apply_many`` in chunks of about this many bytes
+#: of parameters: each ``_foreach`` op then walks data that is still in cache,
+#: instead of streaming the whole model through memory once per op (measured:
+#: Adam on 20 x 1M floats, whole-group foreach 550 ms vs per-leaf 300 ms). Results
+#: are the same bits either way: every op is elementwise per tensor.
+CPU_CHUNK_BYTES = 1 << 19
+
+
+def _chunks(idx: list[int], xs: Sequence[torch.Tensor]) -> list[list[int]]:
+    if not idx or xs[idx[0]].device.type != "cpu":
+        return [idx]  # GPU: one kernel launch per op for the whole group
+    out: list[list[int]] = []
+    cur: list[int] = []
+    size = 0
+    for i in idx:
+        nbytes = xs[i].numel() * xs[i].element_size()
+        if cur and size + nbytes > CPU_CHUNK_BYTES:
+            out.append(cur)
+            cur, size = [], 0
+        cur.append(i)
+        size += nbytes
+    out.append(cur)
+    return out
+
 
 def group_key(x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.device, torch.dtype, torch.dtype]:
     """Triples with equal keys can share one ``_foreach`` kernel call."""
@@ -46,11 +70,12 @@ def apply_batched(
     new_states: list[State] = [None] * n
     steps: list[Step] = [None] * n
     with torch.no_grad():
-        for idx in groups.values():
-            gs, gsteps = rule.apply_many(
-                [states[i] for i in idx], [xs[i] for i in idx], [dxs[i] for i in idx]
-            )
-            for j, i in enumerate(idx):
-                new_states[i] = gs[j]
-                steps[i] = gsteps[j]
+        for group in groups.values():
+            for idx in _chunks(group, xs):
+                gs, gsteps = rule.apply_many(
+                    [states[i] for i in idx], [xs[i] for i in idx], [dxs[i] for i in idx]
+                )
+                for j, i in enumerate(idx):
+                    new_states[i] = gs[j]
+                    steps[i] = gsteps[j]
     return new_states, steps
