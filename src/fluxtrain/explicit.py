@@ -59,10 +59,15 @@ def check_mutable(model: Any, fname: str = "setup") -> None:
                 "native-order copy (np.array(arr)), or use fluxtrain.optimisers.setup with "
                 "update/update_ and keep the model they return"
             )
+        why = (
+            "an expanded tensor whose elements share memory (stride 0)"
+            if T.is_expanded(x)
+            else "an inference-mode or read-only tensor"
+        )
         raise ValueError(
             f"{fname}: model must be fully mutable for train_ to work, got {path} :: "
-            f"{type(x).__name__} that cannot be written in place (an inference-mode or "
-            "read-only tensor); replace it by an ordinary tensor (x.clone())"
+            f"{type(x).__name__} that cannot be written in place ({why}); replace it by "
+            "an ordinary tensor (x.clone())"
         )
 
 

@@ -14,7 +14,17 @@ from fluxtrain.errors import DomainError
 from fluxtrain.explicit import setup as flux_setup
 from fluxtrain.explicit import train_explicit, update_explicit
 from fluxtrain.gradients import gradient_explicit
-from fluxtrain.optimisers import Adam, Descent, Momentum, freeze_, setup, thaw_, update_
+from fluxtrain.optimisers import (
+    Adam,
+    Descent,
+    Momentum,
+    adjust,
+    adjust_,
+    freeze_,
+    setup,
+    thaw_,
+    update_,
+)
 from fluxtrain.optimisers.tree import StateTree
 
 
@@ -220,3 +230,20 @@ def test_non_viewable_numpy_is_refused_by_flux_setup_and_copied_by_update() -> N
     st = setup(Descent(0.5), m)
     _, m2 = update_(st, m, {"w": np.ones(3)})
     assert m2["w"].tolist() == [2.5, 1.5, 0.5] and rev.tolist() == [3.0, 2.0, 1.0]
+
+
+def test_adjust_on_rules_and_freeze_on_numbers() -> None:
+    assert adjust(Adam(), 0.1) == Adam(0.1)  # Optimisers.jl's rule-level adjust
+    with pytest.raises(TypeError, match=r"`adjust_` acts on the state tree.*Adam"):
+        adjust_(Adam(), 0.1)
+    with pytest.raises(TypeError, match=r"`freeze_` must not be applied to a model.*int"):
+        freeze_(3)
+
+
+def test_expanded_parameter_is_not_written_in_place() -> None:
+    w = torch.zeros(1, dtype=torch.float64).expand(3)  # three elements, one memory cell
+    m = {"w": w}
+    with pytest.raises(ValueError, match=r"model\['w'\] :: Tensor .*expanded"):
+        flux_setup(Descent(0.5), m)
+    _, m2 = update_(setup(Descent(0.5), m), m, {"w": f64(1.0, 2.0, 3.0)})
+    assert m2["w"].tolist() == [-0.5, -1.0, -1.5] and w.tolist() == [0.0, 0.0, 0.0]

@@ -49,6 +49,17 @@ def _leaves(tree: Any, fname: str) -> list[Leaf]:
         elif isinstance(s, tuple | list):
             for v in s:
                 walk(v)
+        elif isinstance(s, AbstractRule):
+            raise TypeError(
+                f"`{fname}` acts on the state tree from `setup`, not on a rule; got the rule "
+                f"{s!r}. A rule is immutable: adjust(rule, ...) returns a new one, or "
+                f"{fname}(state, ...) changes the rules inside a state tree"
+            )
+        else:
+            raise TypeError(
+                f"`{fname}` must not be applied to a model, only to the state tree from "
+                f"`setup` (or a part of it); got a {type(s).__name__}"
+            )
 
     walk(tree)
     return out
@@ -103,6 +114,8 @@ def _adjusted(leaves: list[Leaf], f: Callable[[AbstractRule], AbstractRule]) -> 
 def adjust(tree: Any, eta: float | None = None, **hyper: Any) -> Any:
     """Like :func:`adjust_` but returns an adjusted copy; ``tree`` is untouched.
 
+    Given a rule instead of a tree, returns the adjusted rule (``rule.adjust``).
+
     State tensors are copied (ties kept), so training the copy does not
     change the original.
 
@@ -117,6 +130,8 @@ def adjust(tree: Any, eta: float | None = None, **hyper: Any) -> Any:
             "adjust must be given something to act on: a learning rate "
             "(adjust(state, 0.01)) or keywords (adjust(state, beta=(0.8, 0.99)))"
         )
+    if isinstance(tree, AbstractRule):  # the rule-level adjust of Optimisers.jl
+        return tree.adjust(eta, **hyper)
     _leaves(tree, "adjust")  # refuse a model before copying it
     new = copy_tree(tree, {})
     adjust_(new, eta, **hyper)

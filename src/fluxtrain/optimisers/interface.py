@@ -514,7 +514,7 @@ def _take_step(
     if step is None:
         return
     xobj, k, t = xf
-    if core.maywrite(t):
+    if core.maywrite(t) and not T.is_expanded(t):
         sub_x.append(t)
         sub_s.append(step)
     else:

@@ -53,6 +53,7 @@ __all__ = [
     "is_trainable",
     "as_tensor",
     "is_writable_leaf",
+    "is_expanded",
     "children",
     "rebuild",
     "format_path",
@@ -133,6 +134,11 @@ def as_tensor(x: Any, k: int) -> torch.Tensor:
     return t
 
 
+def is_expanded(t: torch.Tensor) -> bool:
+    """Whether several elements of ``t`` share memory (a stride-0 ``expand``): not writable."""
+    return any(st == 0 and n > 1 for st, n in zip(t.stride(), t.shape))
+
+
 def is_writable_leaf(x: Any, k: int) -> bool:
     """Whether an update can write into trainable leaf ``x`` in place (what ``train_`` needs)."""
     if k == NUMPY:
@@ -143,7 +149,11 @@ def is_writable_leaf(x: Any, k: int) -> bool:
         except (ValueError, TypeError):
             return False
         return True
-    return not getattr(x, "_fluxtrain_readonly", False) and not x.is_inference()
+    return (
+        not getattr(x, "_fluxtrain_readonly", False)
+        and not x.is_inference()
+        and not is_expanded(x)
+    )
 
 
 def from_tensor_like(new: torch.Tensor, old: Any, k: int) -> Any:
