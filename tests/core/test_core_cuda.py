@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 from coreutil import init_all, step_all, step_batched
-from test_batched import RULES, _grads, _leaves
+from test_core_batched import RULES, _grads, _leaves
 
 pytestmark = pytest.mark.cuda
 
