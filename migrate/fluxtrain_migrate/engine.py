@@ -92,7 +92,12 @@ def migrate_bytes(
     except Exception as e:  # noqa: BLE001 - e.g. undecodable bytes
         result.error = f"{path}:1:1: cannot parse: {e}"
         return result
-    if not imports_fluxtrain(module):
+    try:
+        uses = imports_fluxtrain(module)
+    except RecursionError:
+        result.error = f"{path}:1:1: cannot parse: too deeply nested for the codemod"
+        return result
+    if not uses:
         out = module.bytes
         if bom:
             out = _BOM + out
