@@ -458,6 +458,14 @@ class Adam(AbstractRule):
 
     >>> Adam(0.01)
     Adam(eta=0.01, beta=(0.9, 0.999), epsilon=1e-08)
+    >>> import torch
+    >>> rule = Adam(0.1)
+    >>> x = torch.zeros(2, dtype=torch.float64)
+    >>> state, step = rule.apply(rule.init(x), x, torch.tensor([3.0, -0.5], dtype=torch.float64))
+    >>> step.tolist()  # the first Adam step is about eta * sign(dx)
+    [0.09999999966666667, -0.09999999800000003]
+    >>> state.beta_t
+    (0.81, 0.998001)
     """
 
     eta: float = 0.001
