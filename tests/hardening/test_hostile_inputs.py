@@ -126,6 +126,14 @@ def _expanded_param_explicit() -> Any:
     return explicit_step({"w": w}, O.Descent(0.5), {"w": t64(1.0, 2.0, 3.0)})
 
 
+def _expanded_param_tree() -> Any:
+    w = torch.zeros(1, dtype=D64).expand(3)
+    m = {"w": w}
+    _, m2 = O.update_(O.setup(O.Descent(0.5), m), m, {"w": t64(1.0, 2.0, 3.0)})
+    assert m2["w"] is not w and m2["w"].stride() == (1,)
+    return w, m2["w"]
+
+
 def _expanded_param_implicit() -> Any:
     w = torch.zeros(1, dtype=D64).expand(3)
     return F.update_(F.Descent(0.5), w, t64(1.0, 2.0, 3.0))
@@ -438,17 +446,13 @@ ROWS = [
     Row("adjust_-on-a-model", lambda: F.adjust_({"w": torch.zeros(2)}, 0.1),
         raises=(TypeError, ("adjust_", "model", "Tensor"))),
     Row("adjust_-on-a-rule", lambda: F.adjust_(O.Adam(), 0.1),
-        raises=(TypeError, ("adjust_", "Adam")),
-        xfail="optimisers/adjust.py: adjust_(rule, eta) silently returns None (a no-op the "
-              "user takes for a new learning rate)"),
+        raises=(TypeError, ("adjust_", "Adam"))),
     Row("freeze_-on-a-tensor", lambda: F.freeze_(torch.zeros(2)),
         raises=(TypeError, ("freeze_", "model", "Tensor"))),
     Row("freeze_-on-a-module", lambda: F.freeze_(torch.nn.Linear(2, 2)),
         raises=(TypeError, ("freeze_", "Linear"))),
     Row("freeze_-on-a-number", lambda: F.freeze_(3),
-        raises=(TypeError, ("freeze_", "int")),
-        xfail="optimisers/adjust.py: freeze_(3) returns None; Optimisers.jl's freeze!(::Number) "
-              "throws ArgumentError"),
+        raises=(TypeError, ("freeze_", "int"))),
     Row("thaw_-on-a-tensor", lambda: F.thaw_(torch.zeros(2)),
         raises=(TypeError, ("thaw_", "Tensor"))),
     Row("freeze_-then-thaw_-numbers", _freeze_then_update,
@@ -521,9 +525,10 @@ ROWS = [
     Row("expanded-parameter-implicit", _expanded_param_implicit,
         raises=(TypeError, ("sharing memory", "expanded", "clone"))),
     Row("expanded-parameter-explicit", _expanded_param_explicit,
-        raises=(ValueError, ("model['w']", "expanded")),
-        xfail="optimisers/tree.py: an expanded (stride-0) leaf is treated as writable; update_ "
-              "dies in torch._foreach_sub_ with a RuntimeError that names no parameter"),
+        raises=(ValueError, ("model['w']", "expanded"))),
+    Row("expanded-parameter-optimisers.update_-returns-new", _expanded_param_tree,
+        check=lambda r: (eq(r[0], torch.zeros(3, dtype=D64)),
+                         eq(r[1], t64(-0.5, -1.0, -1.5)))),
     # requires_grad tensors
     Row("requires-grad-leaf-explicit", _requires_grad_leaf, check=lambda w: eq(w, t64(0.5, 1.5))),
     Row("nn.Parameter-implicit", _requires_grad_implicit,

@@ -14,7 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-__all__ = ["defer_interrupts"]
+import torch
+
+__all__ = ["defer_interrupts", "clone_state", "restore_state"]
 
 
 @contextmanager
@@ -53,3 +55,41 @@ def defer_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, old)
         if got:
             raise KeyboardInterrupt
+
+
+def clone_state(s: Any) -> Any:
+    """A copy of a rule state whose tensors are new (numbers, structure and types kept).
+
+    Rules update the state tensors they are given in place; running them on a
+    clone keeps the committed state intact until the whole step has succeeded.
+
+    >>> a = torch.zeros(2)
+    >>> b = clone_state((a, 0.9))
+    >>> b[0] is a, b[1]
+    (False, 0.9)
+    """
+    if isinstance(s, torch.Tensor):
+        return s.clone()
+    if isinstance(s, tuple):
+        items = [clone_state(v) for v in s]
+        if hasattr(s, "_fields"):
+            return type(s)(*items)
+        return tuple(items)
+    if isinstance(s, list):
+        return [clone_state(v) for v in s]
+    return s
+
+
+def restore_state(orig: Any, backup: Any) -> None:
+    """Write ``backup`` (from :func:`clone_state`) back into the tensors of ``orig``.
+
+    After a failed step the rules may have advanced some state tensors in
+    place; this puts their values back, keeping every tensor object (callers
+    also put back the original state structure, which holds the old numbers).
+    """
+    if isinstance(orig, torch.Tensor):
+        with torch.no_grad():
+            orig.copy_(backup)
+    elif isinstance(orig, tuple | list):
+        for o, b in zip(orig, backup):
+            restore_state(o, b)

@@ -35,7 +35,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from fluxtrain.core import rules as _rules
 from fluxtrain.core.base import AbstractRule, State, Step, maywrite
 from fluxtrain.core.batched import apply_batched
-from fluxtrain.core.guards import defer_interrupts
+from fluxtrain.core.guards import clone_state, defer_interrupts, restore_state
 from fluxtrain.core.ops import subtract_many_
 from fluxtrain.errors import warn_deprecated
 
@@ -84,20 +84,6 @@ def _new(name: str) -> Any:
         raise NotImplementedError(
             f"the rule core has no {name} rule yet (fluxtrain.core.rules.{name})"
         ) from None
-
-
-def clone_state(s: State) -> State:
-    """A copy of a rule state whose tensors are new (numbers and structure kept)."""
-    if isinstance(s, torch.Tensor):
-        return s.clone()
-    if isinstance(s, tuple):
-        items = [clone_state(v) for v in s]
-        if hasattr(s, "_fields"):
-            return type(s)(*items)
-        return tuple(items)
-    if isinstance(s, list):
-        return [clone_state(v) for v in s]
-    return s
 
 
 class AbstractOptimiser:
@@ -268,20 +254,44 @@ def step_many_(
             subtract_many_(list(xs), steps)
         return steps
     rule = opt._rule()
-    # The rules update state tensors in place: run them on copies, so that an
-    # exception (or KeyboardInterrupt) before the commit below leaves the
-    # parameters and the optimiser's state exactly as they were.
-    states = [
-        clone_state(opt._peek_state(x)) if opt._has_state(x) else rule.init(x) for x in xs
-    ]
-    new_states, steps = apply_batched(rule, states, list(xs), list(dxs))
-    with defer_interrupts():  # commit: parameters and state together
-        if subtract:
-            subtract_many_(list(xs), steps)
-        for x, s in zip(xs, new_states):
-            opt._put_state(x, s)
-        opt._finish_step()
+    # The rules update state tensors in place (as Flux's did): keep a copy, and
+    # if anything fails before the commit, write it back, so that an exception
+    # (or KeyboardInterrupt) leaves the parameters and the optimiser's state
+    # exactly as they were.
+    had = [opt._has_state(x) for x in xs]
+    origs = [opt._get_state(x) for x in xs]
+    backup = [clone_state(s) for s in origs]
+    committed = False
+    try:
+        new_states, steps = apply_batched(rule, origs, list(xs), list(dxs))
+        with defer_interrupts():  # commit: parameters and state together
+            if subtract:
+                subtract_many_(list(xs), steps)
+            for x, s in zip(xs, new_states):
+                opt._put_state(x, s)
+            opt._finish_step()
+            committed = True  # a SIGINT held back above is raised after this
+    except BaseException:
+        if committed:
+            raise
+        with defer_interrupts():
+            for x, h, o, b in zip(xs, had, origs, backup):
+                restore_state(o, b)
+                if h:
+                    opt._put_state(x, o)
+                else:
+                    _forget(opt, x)
+        raise
     return steps
+
+
+def _forget(opt: AbstractOptimiser, x: torch.Tensor) -> None:
+    """Drop the state of ``x`` (made by a step that then failed)."""
+    if isinstance(opt, Optimiser):
+        for o in opt.os:
+            _forget(o, x)
+    else:
+        opt._states.pop(x, None)
 
 
 def _is_custom(opt: AbstractOptimiser) -> bool:
