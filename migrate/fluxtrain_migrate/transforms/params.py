@@ -41,6 +41,7 @@ class ParamsRule(Rule):
                     calls.append(node)
 
         st.module.visit(_V())
+        self._mark_manual()
         bound_calls = {id(a.value) for a in assigns}
         for a in assigns:
             t = a.targets[0].target if len(a.targets) == 1 else None
@@ -79,6 +80,33 @@ class ParamsRule(Rule):
                 self.to_trainables[id(c)] = info.model.value
             else:
                 self.mark(c, "FM101" if info.status == "ok" else "FM102")
+
+    def _mark_manual(self) -> None:
+        """FM110 on every use of ``Params``, ``Grads``, ``AbstractOptimiser``."""
+        st = self.stage
+        manual = {"fluxtrain.Params", "fluxtrain.Grads", "fluxtrain.AbstractOptimiser"}
+        hits: list[cst.CSTNode] = []
+
+        class _M(cst.CSTVisitor):
+            def visit_Import(inner, node: cst.Import) -> bool:  # noqa: N805
+                return False
+
+            def visit_ImportFrom(inner, node: cst.ImportFrom) -> bool:  # noqa: N805
+                return False
+
+            def visit_Attribute(inner, node: cst.Attribute) -> bool:  # noqa: N805
+                if st.fq(node) in manual:
+                    hits.append(node)
+                    return False
+                return True
+
+            def visit_Name(inner, node: cst.Name) -> None:  # noqa: N805
+                if st.fq(node) in manual:
+                    hits.append(node)
+
+        st.module.visit(_M())
+        for h in hits:
+            self.mark(h, "FM110")
 
     def _iter_position(self, node: cst.CSTNode) -> bool:
         st = self.stage
