@@ -121,7 +121,7 @@ def optimiser_rows(tensors: list[torch.Tensor]) -> list[Row]:
     def implicit_row(opt: object) -> Callable[[], object]:
         model = [t.clone() for t in tensors]
         ps = fluxtrain.Params(model)
-        gs = fluxtrain.Grads({id(p): torch.randn_like(p) * 1e-3 for p in model}, ps)
+        gs = fluxtrain.Grads([(p, torch.randn_like(p) * 1e-3) for p in model], ps)
         return lambda: fluxtrain.update_(opt, ps, gs)
 
     rows.append(("torch Adam foreach", torch_row(lambda ps: torch.optim.Adam(ps, foreach=True))))
@@ -209,11 +209,13 @@ def train_rows(scale: float) -> list[Row]:
 
 def codemod_rows() -> list[Row]:
     """Time of the codemod over every old-style example script."""
-    from fluxtrain_migrate import api  # type: ignore[attr-defined]
+    from fluxtrain_migrate.engine import migrate_bytes
 
     files = sorted(Path(__file__).resolve().parent.parent.joinpath("examples").glob("*.py"))
-    sources = [f.read_text() for f in files]
-    return [(f"codemod, {len(files)} example scripts", lambda: [api.migrate_source(s) for s in sources])]
+    sources = [f.read_bytes() for f in files]
+    lines = sum(s.count(b"\n") for s in sources)
+    return [(f"codemod, {len(files)} example scripts ({lines} lines)",
+             lambda: [migrate_bytes(s, str(f)) for s, f in zip(sources, files)])]
 
 
 # ---------------------------------------------------------------- main
