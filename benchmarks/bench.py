@@ -16,6 +16,7 @@ bandwidth ``a.add_(b, alpha=...)`` measured in the same run.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import statistics
 import sys
@@ -243,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         tensors = make(scale)
         numel = sum(t.numel() for t in tensors)
         print(f"case {case}: {len(tensors)} tensors, {numel} elements", file=sys.stderr)
-        rows = safe_rows(lambda: optimiser_rows(tensors))
+        rows = safe_rows(functools.partial(optimiser_rows, tensors))
         res = measure(rows, rounds, min_time)
         adam_bound = triad_bound_ms(numel, 28, rounds, min_time)
         sgd_bound = triad_bound_ms(numel, 20, rounds, min_time)
