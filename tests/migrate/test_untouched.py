@@ -41,8 +41,21 @@ def _check(path: Path) -> str | None:
     return None
 
 
+def test_inexact_libcst_round_trip_is_a_reported_failure_not_a_change():
+    src = b"import fluxtrain\ntry:\n    pass\nexcept (OSError, ValueError) :\n    pass\n"
+    r = migrate_bytes(src, "rt.py")
+    if r.error is None:  # a libcst release that fixed the round trip
+        assert r.new_bytes == src
+    else:
+        assert r.error.startswith("rt.py:4:1: libcst cannot reproduce")
+        assert r.new_bytes == src and not r.changed
+    plain = src.replace(b"import fluxtrain\n", b"import os\n")
+    r = migrate_bytes(plain, "rt.py", force=True)
+    assert r.error is None and r.new_bytes == plain
+
+
 FAST_SAMPLE = ["os.py", "argparse.py", "dataclasses.py", "json/decoder.py",
-               "email/message.py", "asyncio/tasks.py", "collections/__init__.py"]
+               "email/message.py", "asyncio/tasks.py", "collections/__init__.py", "webbrowser.py"]
 
 
 @pytest.mark.parametrize("name", FAST_SAMPLE)
