@@ -190,11 +190,13 @@ def test_different_number_of_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_script_arguments_are_passed(tmp_path: Path) -> None:
-    extra = "if k == 2 and len(sys.argv) > 1: b += float(sys.argv[1])"
+    """Both scripts need an argument (else they crash): identical means both got it."""
+    extra = "b += float(sys.argv[1])"
     old = _script(tmp_path, "old.py", extra=extra)
-    new = _script(tmp_path, "new.py", extra="pass")
-    assert compare.main([str(old), str(new), "--", "0"]) == 0
-    assert compare.main([str(old), str(new), "--", "1"]) == 1
+    new = _script(tmp_path, "new.py", "explicit", extra=extra)
+    r = compare.compare_scripts(old, new, ["0.25"])
+    assert r.exit_code == 0, r.message
+    assert r.old is not None and r.old.records[0]["params"][1]["sum"] == 4 * (0.5 + 0.25)
 
 
 def test_crash_is_exit_2_with_stderr_tail(
