@@ -198,6 +198,12 @@ def _loss_value(loss: Any) -> float | None:
         return None
 
 
+def _is_nonzero_rank() -> bool:
+    import torch.distributed as dist
+
+    return bool(dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
+
+
 def record_step(style: str, params: Iterable[Any], loss: Any | None) -> None:
     """Append one step's record to the trace file named by ``FLUXTRAIN_TRACE``.
 
@@ -210,6 +216,8 @@ def record_step(style: str, params: Iterable[Any], loss: Any | None) -> None:
     path = os.environ.get(TRACE_ENV)
     if not path:
         return
+    if _is_nonzero_rank():
+        return  # data-parallel ranks hold identical parameters: rank 0 records for all
     if style not in _STYLES:
         raise ValueError(f"record_step: style must be 'explicit' or 'implicit', got {style!r}")
     values = _env_flag(VALUES_ENV)
