@@ -48,6 +48,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from fluxtrain.errors import _is_nonzero_rank
+
 __all__ = [
     "active",
     "record_step",
@@ -196,12 +198,6 @@ def _loss_value(loss: Any) -> float | None:
         return float(loss)
     except (TypeError, ValueError):
         return None
-
-
-def _is_nonzero_rank() -> bool:
-    import torch.distributed as dist
-
-    return bool(dist.is_available() and dist.is_initialized() and dist.get_rank() != 0)
 
 
 def record_step(style: str, params: Iterable[Any], loss: Any | None) -> None:
