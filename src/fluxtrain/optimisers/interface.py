@@ -46,6 +46,7 @@ from torch import nn
 
 from fluxtrain import core
 from fluxtrain.core.base import AbstractRule
+from fluxtrain.core.guards import clone_state, defer_interrupts, restore_state
 from fluxtrain.errors import warn_deprecated
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.leaf import Leaf
@@ -479,9 +480,31 @@ def _apply(acc: _Step) -> dict[int, tuple[Any, Any]]:
             groups[id(leaf.rule)] = (leaf.rule, [ent])
         else:
             grp[1].append(ent)
+    # Atomic step: the rules update Leaf states in place, so keep copies first and,
+    # if anything fails before the commit, write them back; parameters are
+    # subtracted and states committed together at the end, with SIGINT deferred.
+    leaves = [e[0] for _, ents in groups.values() for e in ents]
+    origs = [leaf.state for leaf in leaves]
+    backup = [clone_state(st) for st in origs]
+    done = [False]
+    try:
+        return _apply_steps(groups, done)
+    except BaseException:
+        if not done[0]:
+            with defer_interrupts():
+                for leaf, o, b in zip(leaves, origs, backup):
+                    restore_state(o, b)
+                    leaf.state = o
+        raise
+
+
+def _apply_steps(
+    groups: dict[int, tuple[AbstractRule, list[list[Any]]]], done: list[bool]
+) -> dict[int, tuple[Any, Any]]:
     replaced: dict[int, tuple[Any, Any]] = {}
     sub_x: list[torch.Tensor] = []
     sub_s: list[Any] = []
+    new_state: dict[int, tuple[Leaf, Any]] = {}
     extra: list[tuple[AbstractRule, list[Any], tuple[Any, int, torch.Tensor]]] = []
     for rule, ents in groups.values():
         firsts = [next(iter(e[2].values())) for e in ents]
@@ -489,18 +512,19 @@ def _apply(acc: _Step) -> dict[int, tuple[Any, Any]]:
             rule, [e[0].state for e in ents], [f[2] for f in firsts], [e[1] for e in ents]
         )
         for e, f, s, step in zip(ents, firsts, new_states, steps):
-            e[0].state = s
+            new_state[id(e[0])] = (e[0], s)
             _take_step(f, step, sub_x, sub_s, replaced)
             if len(e[2]) > 1:  # one Leaf placed on several distinct arrays (hand-made tie)
                 extra.extend((rule, e, xf) for xf in list(e[2].values())[1:])
-    core.subtract_many_(sub_x, sub_s)
     for rule, e, xf in extra:
-        s1, steps1 = core.apply_batched(rule, [e[0].state], [xf[2]], [e[1]])
-        e[0].state = s1[0]
-        one_x: list[torch.Tensor] = []
-        one_s: list[Any] = []
-        _take_step(xf, steps1[0], one_x, one_s, replaced)
-        core.subtract_many_(one_x, one_s)
+        s1, steps1 = core.apply_batched(rule, [new_state[id(e[0])][1]], [xf[2]], [e[1]])
+        new_state[id(e[0])] = (e[0], s1[0])
+        _take_step(xf, steps1[0], sub_x, sub_s, replaced)
+    with defer_interrupts():  # commit: parameters and states together
+        core.subtract_many_(sub_x, sub_s)
+        for leaf, s in new_state.values():
+            leaf.state = s
+        done[0] = True  # a SIGINT held back here is raised after the commit
     return replaced
 
 
