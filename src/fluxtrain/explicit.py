@@ -190,11 +190,13 @@ def train_explicit(
             else:
                 val, grads = withgradient_explicit(lambda m, d=d: loss(m, d), model)
             lv = _loss_value(val)
-            if not math.isfinite(lv):
-                raise DomainError(f"Loss is {_julia_num(lv)} on data item {i}, stopping training")
             g = grads[0]
             if distributed.is_distributed():
-                g = distributed.sync_gradients(model, g)
+                # Before the local check: a non-finite loss on any rank stops every
+                # rank together instead of leaving the others in the next all-reduce.
+                g = distributed.sync_gradients(model, g, loss=lv, item=i)
+            if not math.isfinite(lv):
+                raise DomainError(f"Loss is {_julia_num(lv)} on data item {i}, stopping training")
             update_explicit(opt_state, model, g, loss=lv)
 
 

@@ -29,12 +29,6 @@ from fluxtrain import optimisers as O  # noqa: E402
 WORLD = 2
 TIMEOUT_S = 80
 
-NOT_WIRED = pytest.mark.xfail(
-    reason="train_ not yet wired to distributed (see the integration lines in docs/distributed.md)",
-    strict=False,
-)
-
-
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -258,7 +252,6 @@ def test_train_explicit(results):
     _assert_close_rel(a, reference_explicit())
 
 
-@NOT_WIRED
 def test_train_implicit(results):
     a, b = _ok(results, "train_implicit")
     _assert_bitwise_equal(a, b)

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fluxtrain import trace
+from fluxtrain import distributed, trace
 from fluxtrain.core.ops import check_grad
 from fluxtrain.errors import DomainError
 from fluxtrain.implicit.callbacks import SkipException, StopException, runall
@@ -142,6 +142,9 @@ def train_implicit(
                 args: tuple[Any, ...] = d if isinstance(d, tuple) else (d,)
                 val, gs = withgradient_implicit(partial(loss, *args), ps)
                 lv = _loss_float(val)
+                if distributed.is_distributed():
+                    # Before the local check, so a non-finite loss stops every rank.
+                    gs = distributed.sync_gradients(ps, gs, loss=lv, item=i)
                 if not math.isfinite(lv):
                     raise DomainError(
                         f"Loss is {_julia_num(lv)} on data item {i}, stopping training"
