@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import errno
 import importlib
 import json
 import os
+import stat
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -121,6 +123,9 @@ def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temp file in the same directory, then rename over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
     mode = path.stat().st_mode & 0o7777 if path.exists() else None
+    if mode is not None and not mode & stat.S_IWUSR:
+        # os.replace needs only a writable directory; honour the file's own mode.
+        raise PermissionError(errno.EACCES, "file is read-only", str(path))
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:

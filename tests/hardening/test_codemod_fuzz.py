@@ -358,11 +358,6 @@ def test_write_unwritable_directory_left_intact(
     assert sorted(x.name for x in tmp_path.iterdir()) == ["old.py"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "migrate/fluxtrain_migrate/cli.py write_atomic: a read-only file (mode 0o444) is "
-    "replaced anyway (os.replace needs only a writable directory) and keeps mode 0o444; "
-    "fix: refuse when path exists and not path.stat().st_mode & stat.S_IWUSR, raising "
-    "PermissionError(errno.EACCES, 'file is read-only', str(path))"))
 def test_write_read_only_file_left_intact(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     p = _old_script(tmp_path)
