@@ -19,7 +19,6 @@ the caller's line; each names the explicit replacement and ``fluxtrain-migrate``
 from __future__ import annotations
 
 import inspect
-import sys
 import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,7 +27,7 @@ import torch
 
 from fluxtrain import explicit, gradients
 from fluxtrain.core.base import AbstractRule
-from fluxtrain.errors import warn_deprecated
+from fluxtrain.errors import external_stacklevel, warn_deprecated
 from fluxtrain.implicit.gradient import gradient_implicit, withgradient_implicit
 from fluxtrain.implicit.params import Grads, Params
 from fluxtrain.implicit.train import train_implicit, update_implicit
@@ -37,19 +36,6 @@ from fluxtrain.optimise.optimisers import AbstractOptimiser
 __all__ = ["train_", "update_", "gradient", "withgradient"]
 
 _MIGRATE = "`fluxtrain-migrate` rewrites old scripts to the explicit style"
-_PKG_DIR = __file__.rsplit("/", 1)[0] + "/"
-
-
-def _user_level() -> int:
-    """``stacklevel`` (for the caller of this helper) of the first frame outside fluxtrain."""
-    f = sys._getframe(2)
-    level = 2
-    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
-        f = f.f_back  # type: ignore[assignment]
-        level += 1
-    return level
-
-
 def _is_ndarray(x: object) -> bool:
     return type(x).__module__ == "numpy" and type(x).__name__ == "ndarray"
 
@@ -112,7 +98,7 @@ def train_(
                 "deprecated: use opt_state = fluxtrain.setup(opt, model) and "
                 "train_(lambda m, *d: loss(m, *d), model, data, opt_state), with the model as "
                 "the loss's first argument; callbacks go in your own for loop. " + _MIGRATE,
-                stacklevel=_user_level(),
+                stacklevel=external_stacklevel(),
                 key="train_",
             )
             return train_implicit(loss, model, data, opt, cb, progress=progress)
@@ -223,7 +209,7 @@ def update_(opt: Any, model: Any, grads: Any) -> Any:
             "not the whole tuple returned by gradient(lambda m: loss(m, x, y), model): "
             "you probably want grads[0], which is used now.",
             UserWarning,
-            stacklevel=_user_level(),
+            stacklevel=external_stacklevel(),
         )
         grads = grads[0]
     return explicit.update_explicit(opt, model, grads)
@@ -243,7 +229,7 @@ def _warn_implicit_update() -> None:
         "Flux 0.13 and is deprecated: use opt_state = fluxtrain.setup(opt, model) once, then "
         "update_(opt_state, model, grad) with grad = gradient(lambda m: loss(m, x), model)[0]. "
         + _MIGRATE,
-        stacklevel=_user_level(),
+        stacklevel=external_stacklevel(),
         key="update_",
     )
 
@@ -266,7 +252,7 @@ def _warn_implicit_gradient(name: str) -> None:
         f"{name}(f, ps) with Params and a function of no arguments is the implicit style of "
         f"Flux 0.13 and is deprecated: use {name}(lambda m: loss(m, x), model) and take "
         "element [0] of the gradient (a tree shaped like the model). " + _MIGRATE,
-        stacklevel=_user_level(),
+        stacklevel=external_stacklevel(),
         key=name,
     )
 

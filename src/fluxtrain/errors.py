@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 
-__all__ = ["DomainError", "FluxDeprecationWarning", "reset_deprecation_sites", "warn_deprecated"]
+__all__ = [
+    "DomainError",
+    "FluxDeprecationWarning",
+    "external_stacklevel",
+    "reset_deprecation_sites",
+    "warn_deprecated",
+]
 
 
 class DomainError(ValueError):
@@ -26,6 +33,23 @@ class FluxDeprecationWarning(DeprecationWarning):
     Every message names the explicit-style replacement and mentions
     ``fluxtrain-migrate``, the codemod that rewrites old scripts.
     """
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def external_stacklevel() -> int:
+    """The ``stacklevel`` (for the caller of this helper) of the first frame outside fluxtrain.
+
+    Lets a warning point at the user's line however deep inside fluxtrain
+    (``fluxtrain.setup`` -> ``optimisers.setup``, ``train_`` -> ``setup`` ...) it is raised.
+    """
+    f = sys._getframe(1)
+    level = 1
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back  # type: ignore[assignment]
+        level += 1
+    return level
 
 
 # Call sites (filename, lineno, message key) that have already been warned.

@@ -35,8 +35,6 @@ each step, so ``adjust_``/``freeze_``/``thaw_`` need no invalidation).
 from __future__ import annotations
 
 import copy
-import os
-import sys
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -47,29 +45,14 @@ from torch import nn
 from fluxtrain import core
 from fluxtrain.core.base import AbstractRule
 from fluxtrain.core.guards import clone_state, defer_interrupts, restore_state
-from fluxtrain.errors import warn_deprecated
+from fluxtrain.errors import external_stacklevel, warn_deprecated
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.leaf import Leaf
 from fluxtrain.optimisers.tree import StateTree
 
 __all__ = ["setup", "update", "update_", "copy_tree", "external_stacklevel"]
 
-_PKG_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
 _MISSING: Any = object()
-
-
-def external_stacklevel() -> int:
-    """The ``stacklevel`` (for the caller of this helper) of the first frame outside fluxtrain.
-
-    Lets a warning point at the user's line however deep inside fluxtrain
-    (``fluxtrain.setup`` → ``optimisers.setup``, ``train_`` → ``setup`` ...) it is raised.
-    """
-    f = sys._getframe(1)
-    level = 1
-    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
-        f = f.f_back  # type: ignore[assignment]
-        level += 1
-    return level
 
 
 # ============================================================================ setup
