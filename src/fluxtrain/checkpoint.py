@@ -584,17 +584,7 @@ def _build_tree(x: Any, path: str, enabled: bool, leaves: Mapping[str, Leaf]) ->
         return ()
     subs = [(key, _build_tree(c, _join(path, key), en, leaves)) for key, c, en in
             T.children(x, k)]
-    if k == T.MODULE or k == T.DATACLASS:
-        return StateTree({str(key): v for key, v in subs})
-    if k == T.DICT:
-        return dict(subs)
-    if k == T.LIST:
-        return [v for _, v in subs]
-    if k == T.NAMEDTUPLE:
-        try:
-            return type(x)._make(v for _, v in subs)
-        except Exception:  # pragma: no cover - exotic namedtuple
-            return tuple(v for _, v in subs)
+    return T.mirror(x, k, subs)
     return tuple(v for _, v in subs)
 
 

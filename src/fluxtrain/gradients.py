@@ -221,15 +221,5 @@ def _mirror_grad(
         subs.append((key, g))
     if not any_t:
         return None, False
-    if k == T.DATACLASS:
-        return StateTree(dict(subs)), True
-    if k == T.DICT:
-        return dict(subs), True
-    if k == T.LIST:
-        return [v for _, v in subs], True
-    if k == T.NAMEDTUPLE:
-        try:
-            return type(x)._make(v for _, v in subs), True
-        except Exception:
-            return tuple(v for _, v in subs), True
+    return T.mirror(x, k, subs), True
     return tuple(v for _, v in subs), True

@@ -124,23 +124,7 @@ def _setup_walk(rule: AbstractRule, init: Any, x: Any, enabled: bool, cache: dic
     if k == T.OTHER or not enabled:
         return ()
     subs = [(key, _setup_walk(rule, init, c, en, cache)) for key, c, en in T.children(x, k)]
-    return _mirror(x, k, subs)
-
-
-def _mirror(x: Any, k: int, subs: list[tuple[Any, Any]]) -> Any:
-    """A state/gradient container for model node ``x`` with children ``subs``."""
-    if k == T.MODULE or k == T.DATACLASS:
-        return StateTree(dict(subs))
-    if k == T.DICT:
-        return dict(subs)
-    if k == T.LIST:
-        return [v for _, v in subs]
-    if k == T.NAMEDTUPLE:
-        try:
-            return type(x)._make(v for _, v in subs)
-        except Exception:  # an exotic namedtuple subclass: plain tuple
-            return tuple(v for _, v in subs)
-    return tuple(v for _, v in subs)
+    return T.mirror(x, k, subs)
 
 
 # ============================================================================ update_

@@ -377,3 +377,25 @@ def tree_equal(a: Any, b: Any) -> bool:
             and all(tree_equal(a[k], b[k]) for k in a)
         )
     return bool(a == b)
+
+
+def mirror(x: Any, k: int, subs: list[tuple[Any, Any]]) -> Any:
+    """A state or gradient container for model node ``x`` (of kind ``k``) with children ``subs``.
+
+    ``subs`` are ``(key, value)`` pairs in :func:`children` order: Modules and
+    dataclasses become a :class:`StateTree`, dicts dicts, lists lists, a
+    namedtuple the same namedtuple (a plain tuple for an exotic subclass whose
+    ``_make`` fails), anything else a tuple.
+    """
+    if k == MODULE or k == DATACLASS:
+        return StateTree(dict(subs))
+    if k == DICT:
+        return dict(subs)
+    if k == LIST:
+        return [v for _, v in subs]
+    if k == NAMEDTUPLE:
+        try:
+            return type(x)._make(v for _, v in subs)
+        except Exception:  # an exotic namedtuple subclass: plain tuple
+            return tuple(v for _, v in subs)
+    return tuple(v for _, v in subs)
