@@ -59,6 +59,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fluxtrain.core.batched import chunk_by_bytes
 from fluxtrain.errors import DomainError
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.tree import StateTree
@@ -201,20 +202,7 @@ def _buckets(tensors: Sequence[torch.Tensor], cap_bytes: int) -> list[list[int]]
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, t in enumerate(tensors):
         groups.setdefault((t.device, t.dtype), []).append(i)
-    out: list[list[int]] = []
-    for idx in groups.values():
-        cur: list[int] = []
-        size = 0
-        for i in idx:
-            nb = tensors[i].numel() * tensors[i].element_size()
-            if cur and size + nb > cap_bytes:
-                out.append(cur)
-                cur, size = [], 0
-            cur.append(i)
-            size += nb
-        if cur:
-            out.append(cur)
-    return out
+    return [b for idx in groups.values() for b in chunk_by_bytes(idx, tensors, cap_bytes)]
 
 
 def _allreduce_mean_(tensors: Sequence[torch.Tensor], group: Group, bucket_cap_mb: float) -> None:

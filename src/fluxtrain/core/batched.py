@@ -15,7 +15,7 @@ import torch
 
 from fluxtrain.core.base import AbstractRule, State, Step
 
-__all__ = ["group_key", "apply_batched"]
+__all__ = ["group_key", "apply_batched", "chunk_by_bytes"]
 
 #: On the CPU a group is fed to ``apply_many`` in chunks of about this many bytes
 #: of parameters: each ``_foreach`` op then walks data that is still in cache,
@@ -25,21 +25,34 @@ __all__ = ["group_key", "apply_batched"]
 CPU_CHUNK_BYTES = 1 << 19
 
 
-def _chunks(idx: list[int], xs: Sequence[torch.Tensor]) -> list[list[int]]:
-    if not idx or xs[idx[0]].device.type != "cpu":
-        return [idx]  # GPU: one kernel launch per op for the whole group
+def chunk_by_bytes(
+    idx: Sequence[int], tensors: Sequence[torch.Tensor], cap_bytes: int
+) -> list[list[int]]:
+    """Split ``idx`` (in order) into runs whose tensors hold at most ``cap_bytes``.
+
+    A single tensor larger than the cap gets a run of its own. Used for the
+    batched path's cache-sized CPU chunks and for the all-reduce buckets of
+    :mod:`fluxtrain.distributed`.
+    """
     out: list[list[int]] = []
     cur: list[int] = []
     size = 0
     for i in idx:
-        nbytes = xs[i].numel() * xs[i].element_size()
-        if cur and size + nbytes > CPU_CHUNK_BYTES:
+        nbytes = tensors[i].numel() * tensors[i].element_size()
+        if cur and size + nbytes > cap_bytes:
             out.append(cur)
             cur, size = [], 0
         cur.append(i)
         size += nbytes
-    out.append(cur)
+    if cur:
+        out.append(cur)
     return out
+
+
+def _chunks(idx: list[int], xs: Sequence[torch.Tensor]) -> list[list[int]]:
+    if not idx or xs[idx[0]].device.type != "cpu":
+        return [idx]  # GPU: one kernel launch per op for the whole group
+    return chunk_by_bytes(idx, xs, CPU_CHUNK_BYTES)
 
 
 def group_key(x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.device, torch.dtype, torch.dtype]:
