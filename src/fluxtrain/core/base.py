@@ -15,6 +15,9 @@ member's state tensor.
 (state, x, dx) triples that share device and dtype, written with
 ``torch._foreach_*`` kernels. It must give bit-identical results to calling
 :meth:`apply` on each triple (tested for every rule). The default loops.
+A rule with ``whole_tree = True`` is the exception: its ``apply_many`` is given
+every leaf of the step at once (any devices and dtypes) and may combine them
+(one global norm); see :attr:`AbstractRule.whole_tree`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import Any, ClassVar
 import torch
 
 from fluxtrain.core import hyper
+from fluxtrain.core import schedules as _schedules
 
 __all__ = ["AbstractRule", "State", "Step", "maywrite", "check_param"]
 
@@ -95,8 +99,21 @@ class AbstractRule:
     #: Number of elements of each tuple-valued field (default: the default's length).
     _tuple_lengths: ClassVar[dict[str, int]] = {}
 
+    #: ``True`` for a rule that needs every leaf of a step in ONE :meth:`apply_many`
+    #: call, on mixed devices and dtypes (``ClipGlobalNorm``: one norm over all
+    #: leaves; ``SkipNonFinite``: skip the step if any gradient is non-finite).
+    #: :func:`fluxtrain.core.batched.apply_batched` then neither groups nor chunks
+    #: (see :func:`fluxtrain.core.batched.needs_whole_tree` and ``docs/transforms.md``).
+    #: Such a rule's per-leaf :meth:`apply` is its ``apply_many`` on one leaf.
+    whole_tree: ClassVar[bool] = False
+
     def __post_init__(self) -> None:
-        self._validate()
+        if _schedules.has_schedule(self):
+            # some hyperparameter is a Schedule: validate at count 0 and bind the
+            # scheduled init/apply/apply_many (see fluxtrain.core.schedules)
+            _schedules.install(self)
+        else:
+            self._validate()
 
     # ------------------------------------------------------------------ validation
     def _validate(self) -> None:
@@ -166,6 +183,7 @@ class AbstractRule:
         changes = {k: v for k, v in hyperparams.items() if k in names}
         if not changes:
             return self
+        changes = _schedules.keep_scheduled(self, changes)
         return dataclasses.replace(self, **changes)  # type: ignore[type-var]
 
     # ------------------------------------------------------------------ printing

@@ -5,6 +5,12 @@ optimisers) hand it flat lists. Each group of triples that share the
 parameter's device and dtype and the gradient's dtype goes to the rule's
 ``apply_many`` (``torch._foreach_*`` kernels); results come back in the
 callers' order.
+
+A rule that needs the whole step at once (:attr:`AbstractRule.whole_tree`, or
+a chain or ``MixedPrecision`` holding one; see :func:`needs_whole_tree`) gets
+every triple in ONE ``apply_many`` call instead: no grouping, no chunking.
+Anything that hands a rule only part of a step's leaves must go through
+:func:`apply_batched` or honour :func:`needs_whole_tree`.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import torch
 
 from fluxtrain.core.base import AbstractRule, State, Step
 
-__all__ = ["group_key", "apply_batched", "chunk_by_bytes"]
+__all__ = ["group_key", "apply_batched", "chunk_by_bytes", "needs_whole_tree"]
 
 #: On the CPU a group is fed to ``apply_many`` in chunks of about this many bytes
 #: of parameters: each ``_foreach`` op then walks data that is still in cache,
@@ -60,6 +66,32 @@ def group_key(x: torch.Tensor, dx: torch.Tensor) -> tuple[torch.device, torch.dt
     return (x.device, x.dtype, dx.dtype)
 
 
+def needs_whole_tree(rule: AbstractRule) -> bool:
+    """Whether ``rule`` must see every leaf of a step in one ``apply_many`` call.
+
+    True for a rule whose class sets ``whole_tree = True``, for an
+    ``OptimiserChain`` with such a member (at any depth) and for a
+    ``MixedPrecision`` wrapping one.
+
+    >>> from fluxtrain.core import rules as R
+    >>> from fluxtrain.core.transforms import ClipGlobalNorm
+    >>> needs_whole_tree(R.Adam()), needs_whole_tree(ClipGlobalNorm(1.0))
+    (False, True)
+    >>> needs_whole_tree(R.MixedPrecision(R.OptimiserChain(ClipGlobalNorm(1.0), R.Adam())))
+    True
+    """
+    if rule.whole_tree:
+        return True
+    # imported here: rules.py imports this module (OptimiserChain.apply_many uses apply_batched)
+    from fluxtrain.core.rules import MixedPrecision, OptimiserChain
+
+    if isinstance(rule, OptimiserChain):
+        return any(needs_whole_tree(o) for o in rule.opts)
+    if isinstance(rule, MixedPrecision):
+        return needs_whole_tree(rule.rule)
+    return False
+
+
 def apply_batched(
     rule: AbstractRule,
     states: Sequence[State],
@@ -69,7 +101,8 @@ def apply_batched(
     """``rule.apply`` over many triples, batched per (device, dtype) group.
 
     Returns new states and steps in the order given. Bit-identical to calling
-    ``rule.apply`` on each triple.
+    ``rule.apply`` on each triple. A rule for which :func:`needs_whole_tree` is
+    true gets all triples in one ``rule.apply_many`` call instead.
     """
     n = len(xs)
     if not (len(states) == n == len(dxs)):
@@ -77,6 +110,12 @@ def apply_batched(
             f"apply_batched needs equally many states, parameters and gradients, "
             f"got {len(states)}, {n}, {len(dxs)}"
         )
+    if needs_whole_tree(rule):
+        if n == 0:
+            return [], []
+        with torch.no_grad():
+            whole_states, whole_steps = rule.apply_many(list(states), list(xs), list(dxs))
+        return list(whole_states), list(whole_steps)
     groups: dict[tuple[torch.device, torch.dtype, torch.dtype], list[int]] = {}
     for i in range(n):
         groups.setdefault(group_key(xs[i], dxs[i]), []).append(i)

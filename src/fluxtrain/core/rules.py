@@ -1421,6 +1421,13 @@ class OptimiserChain(AbstractRule):
     returning ``None`` (AccumGrad mid-accumulation) stops the chain for that
     step, leaving the later members' states unchanged.
 
+    Whole-tree members (``ClipGlobalNorm``, ``SkipNonFinite``; see
+    ``AbstractRule.whole_tree``) get, in one call, every leaf of the step that
+    is still live at their position; the other members then run batched per
+    (device, dtype) as usual. Only stateless transforms (``ClipGrad``,
+    ``ClipNorm``, ``ClipGlobalNorm``, ``WeightDecay``, ``SignDecay``) may come
+    before a ``SkipNonFinite``.
+
     >>> OptimiserChain(ClipGrad(1.0), Descent(0.1))
     OptimiserChain(ClipGrad(delta=1.0), Descent(eta=0.1))
     """
@@ -1439,6 +1446,10 @@ class OptimiserChain(AbstractRule):
                     "MixedPrecision optimisers should wrap the entire OptimiserChain, "
                     "not be inside it"
                 )
+        # imported here: transforms.py builds on this module
+        from fluxtrain.core.transforms import check_chain_order
+
+        check_chain_order(opts)
         object.__setattr__(self, "opts", tuple(opts))
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -1467,16 +1478,24 @@ class OptimiserChain(AbstractRule):
         return tuple(new_states), g
 
     def apply_many(self, states, xs, dxs):  # type: ignore[no-untyped-def]
+        # imported here: batched.py looks up this class lazily too
+        from fluxtrain.core.batched import apply_batched, needs_whole_tree
+
         n = len(xs)
         member_states = [list(s) for s in states]
         gs: list[Step] = list(_grads(dxs, xs))
+        whole = needs_whole_tree(self)
         for k, o in enumerate(self.opts):
             live = [i for i in range(n) if gs[i] is not None]
             if not live:
                 break
-            ks, kg = o.apply_many(
+            # A chain with a whole-tree member is given the whole step (any devices
+            # and dtypes): apply_batched hands whole-tree members everything at
+            # once and groups the others. Without one, today's direct call.
+            args = (
                 [member_states[i][k] for i in live], [xs[i] for i in live], [gs[i] for i in live]
             )
+            ks, kg = apply_batched(o, *args) if whole else o.apply_many(*args)
             for j, i in enumerate(live):
                 member_states[i][k] = ks[j]
                 gs[i] = kg[j]
