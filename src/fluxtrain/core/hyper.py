@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from fluxtrain.core.schedules import Schedule
 from fluxtrain.errors import DomainError
 
 __all__ = [
@@ -80,8 +81,24 @@ def eps_for(dtype: torch.dtype, epsilon: float) -> float:
     return cast(epsilon, rdtype)
 
 
-def check_real(name: str, rule: str, value: Any) -> float:
-    """Validate a real hyperparameter and return it as a float."""
+def check_real(name: str, rule: str, value: Any) -> Any:
+    """Validate a real hyperparameter and return it as a float.
+
+    A :class:`~fluxtrain.core.schedules.Schedule` is returned unchanged (the rule
+    evaluates it per step); a plain function is refused with a hint to wrap it.
+
+    >>> from fluxtrain.core.schedules import Constant
+    >>> check_real("eta", "Descent", 1), check_real("eta", "Descent", Constant(0.5))
+    (1.0, Constant(value=0.5))
+    """
+    if isinstance(value, Schedule):
+        return value
+    if callable(value) and not isinstance(value, Real):
+        raise TypeError(
+            f"{rule}: {name}={value!r} is a function; a hyperparameter that varies with the "
+            f"step must be a Schedule: wrap it, {name}=Schedule.from_function(f), or use a "
+            "built-in from fluxtrain.optimisers (WarmupCosine, ExponentialDecay, ...)"
+        )
     if isinstance(value, bool) or not isinstance(value, Real):
         if isinstance(value, complex):
             raise TypeError(
@@ -126,6 +143,6 @@ def check_int(name: str, rule: str, value: Any) -> int:
     return int(value)
 
 
-def check_nonneg_eta(rule: str, eta: float) -> None:
-    if eta < 0:
+def check_nonneg_eta(rule: str, eta: Any) -> None:
+    if not isinstance(eta, Schedule) and eta < 0:
         raise DomainError(f"{rule}: the learning rate cannot be negative (got eta={eta!r})")
