@@ -20,7 +20,8 @@ OPTIMISE_ALL: frozenset[str] = OLD_OPTIMISERS | {"update_", "train_", "stop", "s
 FLUXTRAIN_ALL: frozenset[str] = frozenset(
     """optimise optimisers setup train_ update_ gradient withgradient params Params
     Grads throttle stop skip epochs adjust adjust_ freeze_ thaw_ trainables Leaf
-    DomainError FluxDeprecationWarning OptimiserChain ClipGrad checkpoint distributed""".split()
+    DomainError FluxDeprecationWarning OptimiserChain ClipGrad checkpoint distributed
+    torch_optim""".split()
 ) | OLD_OPTIMISERS
 
 #: New-style rules of ``fluxtrain.optimisers`` the codemod may emit.
@@ -87,5 +88,5 @@ IMPLICIT_ERA: dict[str, str] = {
 #: Names of ``fluxtrain`` that are fine in explicit code and are left as they are.
 KEPT: frozenset[str] = frozenset(
     """optimise optimisers setup adjust adjust_ freeze_ thaw_ trainables Leaf DomainError
-    FluxDeprecationWarning throttle checkpoint distributed""".split()
+    FluxDeprecationWarning throttle checkpoint distributed torch_optim""".split()
 )

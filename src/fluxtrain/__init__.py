@@ -13,7 +13,7 @@ Implicit style (Flux 0.13, deprecated, kept so old scripts run)::
 ``fluxtrain-migrate`` rewrites the second into the first.
 """
 
-from fluxtrain import checkpoint, distributed, optimise, optimisers
+from fluxtrain import checkpoint, distributed, optimise, optimisers, torch_optim
 from fluxtrain.dispatch import gradient, train_, update_, withgradient
 from fluxtrain.errors import DomainError, FluxDeprecationWarning
 from fluxtrain.explicit import setup
@@ -30,6 +30,7 @@ __version__ = "0.1.0"
 __all__ = [
     "checkpoint",
     "distributed",
+    "torch_optim",
     "optimise",
     "optimisers",
     "setup",
