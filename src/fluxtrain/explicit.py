@@ -27,21 +27,25 @@ from fluxtrain.optimisers.tree import StateTree
 __all__ = ["setup", "train_explicit", "update_explicit", "check_mutable"]
 
 
-def setup(rule: Any, model: Any) -> Any:
+def setup(rule: Any, model: Any, *, default: Any = None) -> Any:
     """Flux's ``setup``: :func:`fluxtrain.optimisers.setup` plus a mutability check.
 
     ``train_`` updates the model in place, so every trainable leaf must be
     writable: a read-only numpy array is refused with an error naming it. Old
     optimisers (``fluxtrain.Adam()``) are translated to the new rules with a
-    :class:`~fluxtrain.FluxDeprecationWarning`.
+    :class:`~fluxtrain.FluxDeprecationWarning`. Per-part rules (a mapping from
+    parameter paths or patterns to rules, or a function ``(path, parameter) ->
+    rule``) and ``default=`` work as in :func:`fluxtrain.optimisers.setup`.
 
     >>> import torch
-    >>> from fluxtrain.optimisers import Momentum
+    >>> from fluxtrain.optimisers import Descent, Momentum
     >>> lin = torch.nn.Linear(2, 1, dtype=torch.float64)
     >>> setup(Momentum(0.1), lin).bias
     Leaf(Momentum(eta=0.1, rho=0.9), [0.0])
+    >>> setup({"weight": Descent(0.1)}, lin, default="freeze").bias.frozen
+    True
     """
-    state = interface.setup(rule, model)
+    state = interface.setup(rule, model, default=default)
     check_mutable(model, "setup")
     return state
 

@@ -6,6 +6,7 @@ from fluxtrain.core.rules import __all__ as _rules_all
 from fluxtrain.optimisers.adjust import adjust, adjust_, freeze_, thaw_
 from fluxtrain.optimisers.interface import setup, update, update_
 from fluxtrain.optimisers.leaf import Leaf
+from fluxtrain.optimisers.parts import no_decay_on_bias_and_norm
 from fluxtrain.optimisers.trainables import trainables
 from fluxtrain.optimisers.tree import StateTree
 
@@ -22,4 +23,5 @@ __all__ = [
     "freeze_",
     "thaw_",
     "trainables",
+    "no_decay_on_bias_and_norm",
 ]

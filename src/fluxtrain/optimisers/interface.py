@@ -45,7 +45,8 @@ from torch import nn
 from fluxtrain import core
 from fluxtrain.core.base import AbstractRule
 from fluxtrain.core.guards import clone_state, defer_interrupts, restore_state
-from fluxtrain.errors import external_stacklevel, warn_deprecated
+from fluxtrain.errors import external_stacklevel
+from fluxtrain.optimisers import parts
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.leaf import Leaf
 from fluxtrain.optimisers.tree import StateTree
@@ -56,7 +57,7 @@ _MISSING: Any = object()
 
 
 # ============================================================================ setup
-def setup(rule: Any, model: Any) -> Any:
+def setup(rule: Any, model: Any, *, default: Any = None) -> Any:
     """Build the state tree for training ``model`` with ``rule``.
 
     Every trainable tensor or float numpy array becomes a :class:`Leaf` holding
@@ -66,40 +67,48 @@ def setup(rule: Any, model: Any) -> Any:
     (``fluxtrain.optimise.Adam()`` ...) is translated into its new rule, keeping
     its accumulated state, with a :class:`~fluxtrain.FluxDeprecationWarning`.
 
+    Per-part rules: ``rule`` may instead be a mapping from parameter paths or
+    glob patterns to rules (``{"enc.*": Adam(), "*.bias": Descent()}``) or a
+    function ``(path, parameter) -> rule | "freeze" | None``; parameters nothing
+    matches take ``default`` (a rule or ``"freeze"``; ``None``: an error). See
+    :mod:`fluxtrain.optimisers.parts` for the matching rules.
+
     >>> import torch
     >>> from fluxtrain.optimisers import Momentum
     >>> m = {"x": torch.zeros(3, dtype=torch.float64), "y": (True, False), "z": torch.tanh}
     >>> setup(Momentum(), m)
     {'x': Leaf(Momentum(eta=0.01, rho=0.9), [0.0, 0.0, 0.0]), 'y': ((), ()), 'z': ()}
+    >>> setup({"x": Momentum(0.1)}, {"x": torch.zeros(1, dtype=torch.float64), "w": m["x"]},
+    ...       default="freeze")
+    {'x': Leaf(Momentum(eta=0.1, rho=0.9), [0.0]), 'w': Leaf(Descent(eta=0.0), None, frozen=True)}
     """
-    if hasattr(type(rule), "__fluxtrain_translate__"):
-        new_rule = rule.__fluxtrain_translate__()
-        warn_deprecated(
-            f"setup: {type(rule).__name__} is an old-style (implicit) optimiser from "
-            f"fluxtrain.optimise; it was translated to the new rule {new_rule!r} "
-            f"(fluxtrain.optimisers.{type(new_rule).__name__}). Pass that rule to setup "
-            "instead; fluxtrain-migrate rewrites old scripts.",
-            stacklevel=external_stacklevel(),
-        )
-        old = rule
-
-        def init(x: torch.Tensor) -> Any:
-            st = old.__fluxtrain_state__(x)
-            return new_rule.init(x) if st is None else st
-
-        rule = new_rule
-    elif isinstance(rule, AbstractRule):
-        init = rule.init
+    choices = None
+    init: Any = None
+    if parts.is_per_part(rule):
+        choices = parts.assign(rule, model, default)
     else:
-        hint = ""
-        if isinstance(model, AbstractRule) or hasattr(type(model), "__fluxtrain_translate__"):
-            hint = " (the arguments are the other way round: setup(rule, model))"
-        raise TypeError(
-            f"setup needs an optimisation rule such as Adam() as its first argument, "
-            f"got {type(rule).__name__}{hint}"
-        )
+        resolved = parts.as_rule(rule)
+        if resolved is None:
+            hint = ""
+            if (
+                isinstance(model, AbstractRule)
+                or hasattr(type(model), "__fluxtrain_translate__")
+                or isinstance(rule, nn.Module)
+            ):
+                hint = " (the arguments are the other way round: setup(rule, model))"
+            raise TypeError(
+                f"setup needs an optimisation rule such as Adam() as its first argument "
+                f"(or per-part rules: a mapping from parameter paths to rules, or a function "
+                f"(path, parameter) -> rule), got {parts.describe(rule)}{hint}"
+            )
+        if default is not None:
+            raise TypeError(
+                f"setup: default= is for per-part rules (a mapping or a function); the single "
+                f"rule {resolved[0]!r} already applies to every parameter"
+            )
+        rule, init = resolved
     cache: dict[int, tuple[Any, Leaf]] = {}
-    state = _setup_walk(rule, init, model, True, cache)
+    state = _setup_walk(rule, init, model, True, cache, choices)
     if not cache:
         warnings.warn(
             "setup found no trainable parameters in this model",
@@ -109,7 +118,10 @@ def setup(rule: Any, model: Any) -> Any:
     return state
 
 
-def _setup_walk(rule: AbstractRule, init: Any, x: Any, enabled: bool, cache: dict) -> Any:
+def _setup_walk(
+    rule: AbstractRule, init: Any, x: Any, enabled: bool, cache: dict, choices: Any = None
+) -> Any:
+    """``choices`` (per-part rules): ``{id(x): (rule, init, frozen)}`` from ``parts.assign``."""
     k = T.kind(x)
     if k == T.TENSOR or k == T.NUMPY:
         if not enabled or not T.is_trainable(x, k):
@@ -118,12 +130,18 @@ def _setup_walk(rule: AbstractRule, init: Any, x: Any, enabled: bool, cache: dic
         if hit is not None:
             return hit[1]
         with torch.no_grad():
-            leaf = Leaf(rule, init(T.as_tensor(x, k)))
+            if choices is None:
+                leaf = Leaf(rule, init(T.as_tensor(x, k)))
+            else:
+                r, ini, frozen = choices[id(x)]
+                leaf = Leaf(r, ini(T.as_tensor(x, k)), frozen)
         cache[id(x)] = (x, leaf)  # keep x alive so its id stays unique
         return leaf
     if k == T.OTHER or not enabled:
         return ()
-    subs = [(key, _setup_walk(rule, init, c, en, cache)) for key, c, en in T.children(x, k)]
+    subs = [
+        (key, _setup_walk(rule, init, c, en, cache, choices)) for key, c, en in T.children(x, k)
+    ]
     return T.mirror(x, k, subs)
 
 
