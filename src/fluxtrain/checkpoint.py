@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from fluxtrain.core import rules as _rules
+from fluxtrain.core import schedules as _sched
 from fluxtrain.core.base import AbstractRule
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.leaf import Leaf
@@ -117,6 +118,8 @@ def _enc_hyper(v: Any, where: str) -> Any:
         return v
     if isinstance(v, AbstractRule):
         return {"__rule__": _enc_rule(v)}
+    if isinstance(v, _sched.Schedule):
+        return {"__schedule__": _enc_schedule(v, where)}
     if isinstance(v, torch.dtype):
         return {"__dtype__": str(v).replace("torch.", "")}
     if isinstance(v, tuple):
@@ -125,8 +128,32 @@ def _enc_hyper(v: Any, where: str) -> Any:
         return [_enc_hyper(e, where) for e in v]
     raise TypeError(
         f"checkpoint: cannot save the hyperparameter {where} of type {type(v).__name__}; "
-        "hyperparameters must be numbers, strings, bools, tuples, dtypes or rules"
+        "hyperparameters must be numbers, strings, bools, tuples, dtypes, rules or schedules"
     )
+
+
+def _enc_schedule(v: Any, where: str) -> dict[str, Any]:
+    if isinstance(v, _sched.FunctionSchedule) or not dataclasses.is_dataclass(v):
+        raise TypeError(
+            f"checkpoint: cannot save the hyperparameter {where}={v!r}: it wraps a Python "
+            "function; use a built-in schedule or a dataclass subclass of Schedule"
+        )
+    fields = {f.name: _enc_hyper(getattr(v, f.name), f"{where}.{f.name}")
+              for f in dataclasses.fields(v) if f.init}
+    return {"type": type(v).__name__, "module": type(v).__module__, "fields": fields}
+
+
+def _dec_schedule(enc: Any, extra: Mapping[str, type]) -> Any:
+    name = enc.get("type") if isinstance(enc, Mapping) else None
+    cls = extra.get(name) if isinstance(name, str) else None
+    if cls is None and isinstance(name, str):
+        cls = getattr(_sched, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, _sched.Schedule)):
+        raise CheckpointError(
+            f"checkpoint: unknown schedule {name!r}; for your own schedules pass them to the "
+            f"loader: rules=[{name}]"
+        )
+    return cls(**{k: _dec_hyper(x, extra) for k, x in enc["fields"].items()})
 
 
 def _enc_rule(rule: Any) -> dict[str, Any]:
@@ -164,6 +191,8 @@ def _dec_hyper(v: Any, extra: Mapping[str, type]) -> Any:
     if isinstance(v, dict):
         if "__rule__" in v:
             return _dec_rule(v["__rule__"], extra)
+        if "__schedule__" in v:
+            return _dec_schedule(v["__schedule__"], extra)
         if "__dtype__" in v:
             dt = getattr(torch, str(v["__dtype__"]), None)
             if not isinstance(dt, torch.dtype):

@@ -103,6 +103,14 @@ def _int(cls: str, name: str, value: Any, minimum: int | None = 0) -> int:
     return out
 
 
+def _pow(a: float, p: float) -> float:
+    """``a ** p`` for ``a > 0``, ``inf`` instead of Python's OverflowError."""
+    try:
+        return a**p
+    except OverflowError:
+        return math.inf
+
+
 def _set(obj: Any, name: str, value: Any) -> None:
     object.__setattr__(obj, name, value)
 
@@ -251,7 +259,10 @@ class StepDecay(Schedule):
         _set(self, "step_size", _int("StepDecay", "step_size", self.step_size, 1))
 
     def compute(self, count: int) -> float:
-        return self.init * self.decay ** (count // self.step_size)
+        k = count // self.step_size
+        if self.decay < 0:  # sign alternates; the magnitude may still overflow
+            return self.init * (-1) ** k * _pow(-self.decay, k)
+        return self.init * _pow(self.decay, k)
 
 
 def _shifted(count: int, start: int, steps: int, staircase: bool) -> float:
@@ -297,8 +308,8 @@ class ExponentialDecay(Schedule):
             _set(self, "clip", _real(name, "clip", self.clip))
 
     def compute(self, count: int) -> float:
-        v = self.init * self.decay ** _shifted(count, self.start, self.decay_steps,
-                                              self.staircase)
+        v = self.init * _pow(self.decay, _shifted(count, self.start, self.decay_steps,
+                                                  self.staircase))
         if self.clip is not None:
             v = max(v, self.clip) if self.decay < 1 else min(v, self.clip)
         return v
@@ -431,7 +442,7 @@ class Join(Schedule):
 class ScheduledState(NamedTuple):
     """State of a rule with schedules: steps taken so far and the rule's own state."""
 
-    count: int
+    count: int  # type: ignore[assignment]  # (shadows tuple.count, on purpose)
     state: Any
 
 
@@ -556,6 +567,22 @@ def install(rule: Any) -> None:
     _set(rule, "init", types.MethodType(_init, rule))
     _set(rule, "apply", types.MethodType(_apply, rule))
     _set(rule, "apply_many", types.MethodType(_apply_many, rule))
+    # pickle and copy look __reduce_ex__ up on the instance: rebuild from the fields
+    # (the bound methods above must not be pickled by name)
+    _set(rule, "__reduce_ex__", types.MethodType(_reduce_ex, rule))
+
+
+def _reduce_ex(self: Any, protocol: Any) -> tuple[Any, ...]:
+    fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+    return _rebuild, (type(self), fields)
+
+
+def _rebuild(cls: type, fields: dict[str, Any]) -> Any:
+    obj = object.__new__(cls)
+    for k, v in fields.items():
+        _set(obj, k, v)
+    obj.__post_init__()  # type: ignore[attr-defined]
+    return obj
 
 
 def keep_scheduled(rule: Any, changes: dict[str, Any]) -> dict[str, Any]:

@@ -3,6 +3,17 @@
 from fluxtrain.core.base import AbstractRule
 from fluxtrain.core.rules import *  # noqa: F403
 from fluxtrain.core.rules import __all__ as _rules_all
+from fluxtrain.core.schedules import (
+    Constant,
+    ExponentialDecay,
+    InverseTimeDecay,
+    Join,
+    LinearRamp,
+    Schedule,
+    ScheduledState,
+    StepDecay,
+    WarmupCosine,
+)
 from fluxtrain.optimisers.adjust import adjust, adjust_, freeze_, thaw_
 from fluxtrain.optimisers.interface import setup, update, update_
 from fluxtrain.optimisers.leaf import Leaf
@@ -13,6 +24,15 @@ from fluxtrain.optimisers.tree import StateTree
 __all__ = [
     "AbstractRule",
     *_rules_all,
+    "Schedule",
+    "Constant",
+    "LinearRamp",
+    "StepDecay",
+    "ExponentialDecay",
+    "InverseTimeDecay",
+    "WarmupCosine",
+    "Join",
+    "ScheduledState",
     "Leaf",
     "StateTree",
     "setup",

@@ -2,6 +2,13 @@
 
 All four act on a state tree from :func:`~fluxtrain.optimisers.setup` or any
 part of one (``adjust_(state.layers[0], 0.01)``), never on a model.
+
+``member=`` targets one member of an ``OptimiserChain`` (by position, or by rule
+type when exactly one member has it), for chains whose members share a field
+name (two ``Descent``s; ``WeightDecay`` and ``SignDecay`` both have ``lambda_``).
+A rule that gains its first schedule (``adjust_(st, WarmupCosine(...))`` on a
+plain ``Adam``) gets its state wrapped in ``ScheduledState(0, ...)``: the
+schedule starts at that step; an existing counter is always kept.
 """
 
 from __future__ import annotations
@@ -13,6 +20,8 @@ import torch
 from torch import nn
 
 from fluxtrain.core.base import AbstractRule
+from fluxtrain.core.rules import MixedPrecision, MixedPrecisionState, OptimiserChain
+from fluxtrain.core.schedules import ScheduledState, is_scheduled
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.interface import copy_tree
 from fluxtrain.optimisers.leaf import Leaf
@@ -65,7 +74,8 @@ def _leaves(tree: Any, fname: str) -> list[Leaf]:
     return out
 
 
-def adjust_(tree: Any, eta: float | None = None, **hyper: Any) -> None:
+def adjust_(tree: Any, eta: Any = None, *, member: int | type | None = None,
+            **hyper: Any) -> None:
     """Change hyperparameters of every rule in ``tree`` in place; states are kept.
 
     A number sets the learning rate ``eta``; keywords set fields by their
@@ -73,6 +83,20 @@ def adjust_(tree: Any, eta: float | None = None, **hyper: Any) -> None:
     ``lambda``); they reach every member of an ``OptimiserChain`` and the rule
     inside ``MixedPrecision``. Keywords that no rule has are ignored, as in
     Optimisers.jl. Works on any part of a state tree. Returns ``None``.
+
+    ``member=k`` (a position, negative from the end) or ``member=RuleType``
+    changes only that member of each leaf's ``OptimiserChain`` (looking through
+    a ``MixedPrecision`` around it); it is an error if the rule is no chain, the
+    position is out of range, no member or several members have that type, or
+    the member has none of the given fields. Any value may be a schedule.
+
+    >>> from fluxtrain.optimisers import Descent, OptimiserChain, WeightDecay
+    >>> st = setup(OptimiserChain(WeightDecay(0.1), Descent(0.1)),
+    ...            {"w": torch.zeros(2, dtype=torch.float64)})
+    >>> adjust_(st, lambda_=0.01, member=WeightDecay)
+    >>> adjust_(st, 0.5, member=1)
+    >>> st["w"].rule
+    OptimiserChain(WeightDecay(lambda_=0.01), Descent(eta=0.5))
 
     >>> import torch
     >>> from fluxtrain.optimisers import Momentum, setup
@@ -90,9 +114,90 @@ def adjust_(tree: Any, eta: float | None = None, **hyper: Any) -> None:
             "(adjust_(state, 0.01)) or keywords (adjust_(state, beta=(0.8, 0.99)))"
         )
     leaves = _leaves(tree, "adjust_")
-    new_rules = _adjusted(leaves, lambda r: r.adjust(eta, **hyper))
-    for leaf, rule in zip(leaves, new_rules):
+    new_rules = _adjusted(leaves, lambda r: _adjust_rule(r, eta, hyper, member, "adjust_"))
+    new_states = [_restate(leaf.rule, rule, leaf.state) for leaf, rule in zip(leaves, new_rules)]
+    for leaf, rule, state in zip(leaves, new_rules, new_states):
         leaf.rule = rule
+        leaf.state = state
+
+
+def _adjust_rule(rule: AbstractRule, eta: Any, hyper: dict[str, Any],
+                 member: int | type | None, fname: str) -> AbstractRule:
+    if member is None:
+        return rule.adjust(eta, **hyper)
+    if isinstance(rule, MixedPrecision):
+        return MixedPrecision(rule.dtype, _adjust_rule(rule.rule, eta, hyper, member, fname))
+    if not isinstance(rule, OptimiserChain):
+        raise TypeError(
+            f"{fname}(..., member={_name(member)}) picks a member of an OptimiserChain, but "
+            f"the rule here is {rule!r}; drop member= to adjust it directly"
+        )
+    k = _member_index(rule, member, fname)
+    old = rule.opts[k]
+    new = old.adjust(eta, **hyper)
+    if new is old:
+        given = (["eta"] if eta is not None else []) + list(hyper)
+        raise ValueError(
+            f"{fname}(..., member={_name(member)}): member {k} of {rule!r} is {old!r}, which "
+            f"has none of the fields {', '.join(given)}; check the member or the keyword"
+        )
+    opts = list(rule.opts)
+    opts[k] = new
+    return OptimiserChain(*opts)
+
+
+def _name(member: Any) -> str:
+    return member.__name__ if isinstance(member, type) else repr(member)
+
+
+def _member_index(chain: OptimiserChain, member: Any, fname: str) -> int:
+    n = len(chain.opts)
+    if isinstance(member, int) and not isinstance(member, bool):
+        if not -n <= member < n:
+            raise IndexError(
+                f"{fname}(..., member={member}): out of range, {chain!r} has {n} member"
+                f"{'' if n == 1 else 's'} (positions 0 to {n - 1}, or -{n} to -1)"
+            )
+        return member % n
+    if isinstance(member, type) and issubclass(member, AbstractRule):
+        hits = [i for i, o in enumerate(chain.opts) if isinstance(o, member)]
+        if not hits:
+            have = ", ".join(f"{i}: {type(o).__name__}" for i, o in enumerate(chain.opts))
+            raise ValueError(
+                f"{fname}(..., member={member.__name__}): {chain!r} has no member of type "
+                f"{member.__name__} (its members are {have or 'none'})"
+            )
+        if len(hits) > 1:
+            found = ", ".join(f"{i}: {chain.opts[i]!r}" for i in hits)
+            raise ValueError(
+                f"{fname}(..., member={member.__name__}) is ambiguous: {chain!r} has "
+                f"{len(hits)} members of that type ({found}); pass a position instead, e.g. "
+                f"member={hits[0]}"
+            )
+        return hits[0]
+    raise TypeError(
+        f"{fname}: member= must be a position (int) or a rule type such as Adam, got {member!r}"
+    )
+
+
+def _restate(old: AbstractRule, new: AbstractRule, state: Any) -> Any:
+    """The state for ``new`` from ``old``'s: schedules gained start a counter at 0."""
+    if old is new:
+        return state
+    was, now = is_scheduled(old), is_scheduled(new)
+    if now and not was:
+        return ScheduledState(0, state)
+    if was and not now and type(state) is ScheduledState:
+        return state.state
+    if isinstance(old, OptimiserChain) and isinstance(new, OptimiserChain) and type(
+        state
+    ) is tuple and len(old.opts) == len(new.opts) == len(state):
+        return tuple(_restate(a, b, s) for a, b, s in zip(old.opts, new.opts, state))
+    if isinstance(old, MixedPrecision) and isinstance(new, MixedPrecision) and type(
+        state
+    ) is MixedPrecisionState:
+        return MixedPrecisionState(state.xT, _restate(old.rule, new.rule, state.state))
+    return state
 
 
 def _adjusted(leaves: list[Leaf], f: Callable[[AbstractRule], AbstractRule]) -> list[AbstractRule]:
@@ -111,7 +216,8 @@ def _adjusted(leaves: list[Leaf], f: Callable[[AbstractRule], AbstractRule]) -> 
     return out
 
 
-def adjust(tree: Any, eta: float | None = None, **hyper: Any) -> Any:
+def adjust(tree: Any, eta: Any = None, *, member: int | type | None = None,
+           **hyper: Any) -> Any:
     """Like :func:`adjust_` but returns an adjusted copy; ``tree`` is untouched.
 
     Given a rule instead of a tree, returns the adjusted rule (``rule.adjust``).
@@ -131,10 +237,10 @@ def adjust(tree: Any, eta: float | None = None, **hyper: Any) -> Any:
             "(adjust(state, 0.01)) or keywords (adjust(state, beta=(0.8, 0.99)))"
         )
     if isinstance(tree, AbstractRule):  # the rule-level adjust of Optimisers.jl
-        return tree.adjust(eta, **hyper)
+        return _adjust_rule(tree, eta, hyper, member, "adjust")
     _leaves(tree, "adjust")  # refuse a model before copying it
     new = copy_tree(tree, {})
-    adjust_(new, eta, **hyper)
+    adjust_(new, eta, member=member, **hyper)
     return new
 
 
