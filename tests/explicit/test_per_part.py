@@ -426,3 +426,37 @@ def test_checkpoint_round_trip_of_per_part_state() -> None:
     update_(st, m, grads_of(m, torch.randn(2, 3)))
     back = checkpoint.load_state_dict(checkpoint.state_dict(st, m), m)
     assert back == st
+
+
+def test_whole_tree_members_see_the_leaves_of_their_rule_object() -> None:
+    ClipGlobalNorm = getattr(fluxtrain.optimisers, "ClipGlobalNorm", None)
+    if ClipGlobalNorm is None:
+        pytest.skip("ClipGlobalNorm not in fluxtrain.optimisers yet")
+    clip = OptimiserChain(ClipGlobalNorm(0.1), Descent(0.5))
+    torch.manual_seed(2)
+    x = torch.randn(5, 3)
+    # one pattern: the norm is taken over part 0 only, as a separate setup of part 0 does
+    a = mlp()
+    b = copy.deepcopy(a)
+    st = setup({"0.*": clip, "2.*": Descent(0.5)}, a)
+    s0, s2 = setup(clip, b[0]), setup(Descent(0.5), b[2])
+    update_(st, a, grads_of(a, x))
+    gb = grads_of(b, x)
+    update_(s0, b[0], gb[0])
+    update_(s2, b[2], gb[2])
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    # the same object under two patterns, or equal rules from a function: one group,
+    # exactly as one rule for the whole model
+    for rules in ({"0.*": clip, "2.*": clip},
+                  lambda p, t: OptimiserChain(ClipGlobalNorm(0.1), Descent(0.5))):
+        a = mlp()
+        b = copy.deepcopy(a)
+        st, whole = setup(rules, a), setup(clip, b)
+        update_(st, a, grads_of(a, x))
+        update_(whole, b, grads_of(b, x))
+        assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    # and the per-part split really differs from one global norm
+    c = mlp()
+    update_(setup({"0.*": clip, "2.*": OptimiserChain(ClipGlobalNorm(0.1), Descent(0.5))}, c),
+            c, grads_of(c, x))
+    assert not torch.equal(c[0].weight, a[0].weight)
