@@ -14,16 +14,22 @@ from fluxtrain.core.schedules import (
     StepDecay,
     WarmupCosine,
 )
+from fluxtrain.core.transforms import ClipGlobalNorm, SkipNonFinite, SkipNonFiniteState
 from fluxtrain.optimisers.adjust import adjust, adjust_, freeze_, thaw_
 from fluxtrain.optimisers.interface import setup, update, update_
 from fluxtrain.optimisers.leaf import Leaf
 from fluxtrain.optimisers.parts import no_decay_on_bias_and_norm
+from fluxtrain.optimisers.skipped import skipped_steps
 from fluxtrain.optimisers.trainables import trainables
 from fluxtrain.optimisers.tree import StateTree
 
 __all__ = [
     "AbstractRule",
     *_rules_all,
+    "ClipGlobalNorm",
+    "SkipNonFinite",
+    "SkipNonFiniteState",
+    "skipped_steps",
     "Schedule",
     "Constant",
     "LinearRamp",
