@@ -242,7 +242,8 @@ def test_wrong_value_and_key_types() -> None:
     with pytest.raises(TypeError, match=r"value for pattern '0\.\*' must be a rule.*got str "
                                         r"'adam'"):
         setup({"0.*": "adam"}, mlp())
-    with pytest.raises(TypeError, match=r"got the class Adam \(a type, not a rule: did you mean Adam\(\)\?\)"):
+    with pytest.raises(TypeError, match=r"got the class Adam \(a type, not a rule: "
+                                        r"did you mean Adam\(\)\?\)"):
         setup({"0.*": Adam}, mlp())
     with pytest.raises(TypeError, match="keys of a per-part mapping are path patterns.*int 0"):
         setup({0: Adam()}, mlp())
