@@ -516,12 +516,12 @@ def test_old_decays_give_the_same_numbers_after_translation(name):
         warnings.simplefilter("ignore", fluxtrain.FluxDeprecationWarning)
         ps = fluxtrain.params(m_old)
         for x, y in data:
-            gs = fluxtrain.gradient(lambda: _loss(m_old, x, y), ps)
+            gs = fluxtrain.gradient(lambda x=x, y=y: _loss(m_old, x, y), ps)
             fluxtrain.update_(opt, ps, gs)
         m_new = _model()
         state = fluxtrain.setup(OLD[name](), m_new)
     for x, y in data:
-        g = fluxtrain.gradient(lambda m: _loss(m, x, y), m_new)[0]
+        g = fluxtrain.gradient(lambda m, x=x, y=y: _loss(m, x, y), m_new)[0]
         fluxtrain.update_(state, m_new, g)
     for a, b in zip(m_old.parameters(), m_new.parameters()):
         assert torch.equal(a, b)

@@ -74,6 +74,9 @@ class AbstractRule:
     default a tuple of reals of that length, a bool default a flag, an int
     default an integer); any field
     named ``eta`` must be non-negative. Override :meth:`_validate` for more.
+    Any float field may instead hold a :class:`~fluxtrain.core.schedules.Schedule`
+    (a value per step count), with no change to the rule's code: see
+    :mod:`fluxtrain.core.schedules` and ``docs/schedules.md``.
 
     Writing your own rule (Optimisers.jl's ``DecayDescent`` example)::
 

@@ -578,10 +578,10 @@ def _reduce_ex(self: Any, protocol: Any) -> tuple[Any, ...]:
 
 
 def _rebuild(cls: type, fields: dict[str, Any]) -> Any:
-    obj = object.__new__(cls)
+    obj: Any = object.__new__(cls)
     for k, v in fields.items():
         _set(obj, k, v)
-    obj.__post_init__()  # type: ignore[attr-defined]
+    obj.__post_init__()
     return obj
 
 
