@@ -365,3 +365,16 @@ def test_train_explicit_with_clip_matches_manual_loop():
 def test_transforms_module_exports():
     assert fluxtrain.optimisers.ClipGlobalNorm is TF.ClipGlobalNorm is core.ClipGlobalNorm
     assert fluxtrain.optimisers.SkipNonFinite is TF.SkipNonFinite is core.SkipNonFinite
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["fluxtrain.core.transforms", "fluxtrain.core.batched", "fluxtrain.optimisers.skipped"],
+)
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0
+    assert result.failed == 0
