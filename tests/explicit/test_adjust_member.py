@@ -7,6 +7,9 @@ compare against a chain built directly with the wanted hyperparameters.
 
 from __future__ import annotations
 
+import doctest
+import sys
+
 import pytest
 import torch
 
@@ -143,3 +146,9 @@ def test_member_without_the_field_is_an_error():
         O.adjust_(st, 0.5, member=0)
     with pytest.raises(ValueError, match="adjust_ must be given something"):
         O.adjust_(st, member=0)
+
+
+def test_adjust_module_doctests():
+    mod = sys.modules["fluxtrain.optimisers.adjust"]  # the package re-exports the function
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

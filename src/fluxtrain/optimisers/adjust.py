@@ -90,7 +90,8 @@ def adjust_(tree: Any, eta: Any = None, *, member: int | type | None = None,
     position is out of range, no member or several members have that type, or
     the member has none of the given fields. Any value may be a schedule.
 
-    >>> from fluxtrain.optimisers import Descent, OptimiserChain, WeightDecay
+    >>> import torch
+    >>> from fluxtrain.optimisers import Descent, OptimiserChain, WeightDecay, setup
     >>> st = setup(OptimiserChain(WeightDecay(0.1), Descent(0.1)),
     ...            {"w": torch.zeros(2, dtype=torch.float64)})
     >>> adjust_(st, lambda_=0.01, member=WeightDecay)
