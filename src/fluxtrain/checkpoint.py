@@ -49,6 +49,7 @@ import torch
 
 from fluxtrain.core import rules as _rules
 from fluxtrain.core import schedules as _sched
+from fluxtrain.core import transforms as _transforms
 from fluxtrain.core.base import AbstractRule
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.leaf import Leaf
@@ -178,7 +179,9 @@ def _rule_class(enc: Mapping[str, Any], extra: Mapping[str, type]) -> type:
     name = enc.get("type")
     cls = extra.get(name) if isinstance(name, str) else None
     if cls is None and isinstance(name, str):
-        cls = getattr(_rules, name, None)
+        # built-in rules live in two core modules: the per-leaf rules and the
+        # whole-tree transforms (ClipGlobalNorm, SkipNonFinite)
+        cls = getattr(_rules, name, None) or getattr(_transforms, name, None)
     if not (isinstance(cls, type) and issubclass(cls, AbstractRule)):
         raise CheckpointError(
             f"checkpoint: unknown rule {name!r} (saved from module {enc.get('module')!r}); "

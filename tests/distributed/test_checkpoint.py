@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import subprocess
@@ -158,6 +159,30 @@ def test_mixed_precision_chain_and_tree_model_roundtrip():
         O.update_(st, model, g)
         O.update_(st2, model2, g)
     for a, b in zip(model["layers"], model2["layers"]):
+        assert torch.equal(a, b)
+
+
+def test_whole_tree_transforms_roundtrip_without_rules_argument():
+    """ClipGlobalNorm and SkipNonFinite (core/transforms.py) load like any built-in rule,
+    with the skip counters, and training resumes bit for bit."""
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    rule = O.OptimiserChain(O.SkipNonFinite(5), O.ClipGlobalNorm(0.5), O.Adam(0.01))
+    st = O.setup(rule, model)
+    nan = {n: torch.full_like(p, float("nan")) for n, p in model.named_parameters()}
+    good = {n: torch.randn_like(p) for n, p in model.named_parameters()}
+    O.update_(st, model, good)
+    O.update_(st, model, nan)
+    d = roundtrip(CK.state_dict(st, model))
+    model2 = copy.deepcopy(model)
+    st2 = CK.load_state_dict(d, model2)
+    assert st2[0].weight.rule == rule
+    assert O.skipped_steps(st2) == O.skipped_steps(st)
+    assert O.skipped_steps(st2).skipped == 1
+    for g in (good, nan, good):
+        O.update_(st, model, g)
+        O.update_(st2, model2, g)
+    assert O.skipped_steps(st2) == O.skipped_steps(st)
+    for a, b in zip(model.parameters(), model2.parameters()):
         assert torch.equal(a, b)
 
 
