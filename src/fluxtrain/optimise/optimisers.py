@@ -32,6 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
+from fluxtrain.core import plan
 from fluxtrain.core import rules as _rules
 from fluxtrain.core.base import AbstractRule, State, Step, maywrite
 from fluxtrain.core.batched import apply_batched
@@ -231,7 +232,10 @@ def step_many_(
 
     Runs ``opt``'s rule-core rule through :func:`fluxtrain.core.apply_batched`
     and subtracts with :func:`fluxtrain.core.subtract_many_`. Parameters must
-    be writable in place (the implicit style mutates the model).
+    be writable in place (the implicit style mutates the model). Plain
+    ``Descent``/``Momentum``/``Adam`` with ``subtract`` take the fused path of
+    :mod:`fluxtrain.core.plan` (same bits, no allocation); their steps were
+    subtracted in place and are returned as ``None``.
     """
     if subtract:
         for x in xs:
@@ -258,11 +262,26 @@ def step_many_(
     # if anything fails before the commit, write it back, so that an exception
     # (or KeyboardInterrupt) leaves the parameters and the optimiser's state
     # exactly as they were.
+    # Plain Descent/Momentum/Adam take the fused path (fluxtrain.core.plan): the
+    # rule itself runs inside the commit, on checked inputs, so there is nothing
+    # to back up and nothing is allocated per step.
     had = [opt._has_state(x) for x in xs]
     origs = [opt._get_state(x) for x in xs]
-    backup = [clone_state(s) for s in origs]
+    backup: list[Any] = []
     committed = False
     try:
+        pending = plan.prepare(rule, origs, xs, dxs) if subtract else None
+        if pending is not None:
+            with defer_interrupts():  # commit: the whole step, parameters and state
+                new_states = [s for p in pending for s in p.run()]
+                subtract_many_([], [])  # nothing left to subtract: the runs did it
+                order = [xs[i] for p in pending for i in p.idx]
+                for x, s in zip(order, new_states):
+                    opt._put_state(x, s)
+                opt._finish_step()
+                committed = True
+            return [None] * len(xs)
+        backup = [clone_state(s) for s in origs]
         new_states, steps = apply_batched(rule, origs, list(xs), list(dxs))
         with defer_interrupts():  # commit: parameters and state together
             if subtract:
@@ -275,8 +294,9 @@ def step_many_(
         if committed:
             raise
         with defer_interrupts():
-            for x, h, o, b in zip(xs, had, origs, backup):
-                restore_state(o, b)
+            for x, h, o, b in zip(xs, had, origs, backup or origs):
+                if backup:
+                    restore_state(o, b)
                 if h:
                     opt._put_state(x, o)
                 else:

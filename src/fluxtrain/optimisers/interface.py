@@ -20,16 +20,18 @@ namedtuple                   same namedtuple              same namedtuple / tupl
 gradient shapes) *before* it changes anything; then it groups the leaves by
 rule object and calls :func:`fluxtrain.core.apply_batched` once per rule and
 :func:`fluxtrain.core.subtract_many_` once for all writable parameters. If a
-rule itself raises (``ClipNorm`` on a non-finite norm), parameters are
-unchanged but rules that already ran may have advanced their state.
+rule itself raises (``ClipNorm`` on a non-finite norm), parameters and
+states are left as before the step (docs/guarantees.md).
 
 Speed: the per-step Python work is the walk in :func:`_collect` (one pass,
-about a few microseconds per leaf) plus one ``apply_batched`` per rule object
-and one ``subtract_many_``. Nothing is cached between steps yet; a cache of
-the flattened ``(Leaf, parameter)`` list keyed on the state tree belongs in
+about a few microseconds per leaf). Plain ``Descent``/``Momentum``/``Adam``
+then take :mod:`fluxtrain.core.plan`'s fused path (whole step inside the
+commit, no backup copy, reused scratch, state in flat buffers, same bits);
+other rules go through one ``apply_batched`` per rule object and one
+``subtract_many_``. The walk itself is not cached yet (a cache of the
+flattened ``(Leaf, parameter)`` list keyed on the state tree would sit in
 front of ``_collect`` and must be invalidated when the model's parameters or
-submodules are replaced (``Leaf.rule``/``frozen``/``state`` are read live at
-each step, so ``adjust_``/``freeze_``/``thaw_`` need no invalidation).
+submodules are replaced).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ import torch
 from torch import nn
 
 from fluxtrain import core
+from fluxtrain.core import plan
 from fluxtrain.core.base import AbstractRule
 from fluxtrain.core.guards import clone_state, defer_interrupts, restore_state
 from fluxtrain.errors import external_stacklevel
@@ -465,15 +468,28 @@ def _apply(acc: _Step) -> dict[int, tuple[Any, Any]]:
             groups[id(leaf.rule)] = (leaf.rule, [ent])
         else:
             grp[1].append(ent)
-    # Atomic step: the rules update Leaf states in place, so keep copies first and,
-    # if anything fails before the commit, write them back; parameters are
+    # Plain Descent/Momentum/Adam groups take the fused path (fluxtrain.core.plan):
+    # checked now, run entirely inside the commit, so their states need no backup.
+    fused: list[tuple[list[list[Any]], list[plan.Pending]]] = []
+    for rid, (rule, ents) in list(groups.items()):
+        if not plan.trusted(rule) or any(len(e[2]) != 1 for e in ents):
+            continue
+        firsts = [next(iter(e[2].values())) for e in ents]
+        pending = plan.prepare(
+            rule, [e[0].state for e in ents], [f[2] for f in firsts], [e[1] for e in ents]
+        )
+        if pending is not None:
+            fused.append((ents, pending))
+            del groups[rid]
+    # Atomic step: the other rules update Leaf states in place, so keep copies first
+    # and, if anything fails before the commit, write them back; parameters are
     # subtracted and states committed together at the end, with SIGINT deferred.
     leaves = [e[0] for _, ents in groups.values() for e in ents]
     origs = [leaf.state for leaf in leaves]
     backup = [clone_state(st) for st in origs]
     done = [False]
     try:
-        return _apply_steps(groups, done)
+        return _apply_steps(groups, done, fused)
     except BaseException:
         if not done[0]:
             with defer_interrupts():
@@ -484,7 +500,9 @@ def _apply(acc: _Step) -> dict[int, tuple[Any, Any]]:
 
 
 def _apply_steps(
-    groups: dict[int, tuple[AbstractRule, list[list[Any]]]], done: list[bool]
+    groups: dict[int, tuple[AbstractRule, list[list[Any]]]],
+    done: list[bool],
+    fused: list[tuple[list[list[Any]], list[plan.Pending]]],
 ) -> dict[int, tuple[Any, Any]]:
     replaced: dict[int, tuple[Any, Any]] = {}
     sub_x: list[torch.Tensor] = []
@@ -507,6 +525,10 @@ def _apply_steps(
         _take_step(xf, steps1[0], sub_x, sub_s, replaced)
     with defer_interrupts():  # commit: parameters and states together
         core.subtract_many_(sub_x, sub_s)
+        for ents, pending in fused:  # the fused rules: whole steps, in place
+            for p in pending:
+                for i, s in zip(p.idx, p.run()):
+                    ents[i][0].state = s
         for leaf, s in new_state.values():
             leaf.state = s
         done[0] = True  # a SIGINT held back here is raised after the commit

@@ -1,0 +1,443 @@
+"""Allocation-free fused steps for ``Descent``, ``Momentum`` and ``Adam``.
+
+Both tree APIs (explicit ``update_``, implicit ``update_``) commit a step in two
+parts: the rules run, then parameters and states are written together. For the
+three commonest rules this module runs the *whole* rule inside the commit
+instead, as a fixed sequence of in-place and ``out=`` ``torch._foreach_*``
+kernels on tensors that were all checked beforehand (dtype, device, shape,
+writability). That buys three things, with the same bits:
+
+* no per-step allocation: the temporaries of ``apply_many`` (``dx*c1``,
+  ``|dx|^2*c2``, the step, the denominator) go to scratch buffers kept in a
+  per-rule workspace and reused from step to step;
+* no backup copy of the state: the state is only written inside the commit
+  (nothing that can fail runs after the first write), so there is nothing to
+  roll back;
+* cache-sized passes on the CPU: leaves are cut into runs of about
+  :data:`fluxtrain.core.batched.CPU_CHUNK_BYTES` (large contiguous leaves into
+  flat slices), and every kernel of the step, including ``x -= step``, runs on
+  one run before the next, so the data stays in cache between kernels.
+
+Every elementwise operation is the one the rule's ``apply`` performs, in the
+same order, on the same operands (floating-point elementwise kernels give the
+same bits on a slice as on the whole tensor). The path is taken only for the
+exact built-in classes whose ``apply``/``apply_many`` are unchanged (a patched
+or subclassed rule goes the general way) and for leaves whose parameter,
+gradient and state share dtype and device, are real, writable and not
+expanded; :func:`prepare` returns ``None`` otherwise and the caller uses
+:func:`fluxtrain.core.apply_batched` for the rule's whole leaf set.
+
+>>> import torch
+>>> from fluxtrain.core import Momentum
+>>> rule = Momentum(0.1, 0.9)
+>>> x, dx = torch.ones(3), torch.full((3,), 2.0)
+>>> v = rule.init(x)
+>>> [pending] = prepare(rule, [v], [x], [dx])   # one (device, dtype) group
+>>> states = pending.run()                      # writes v and x in place
+>>> x.tolist(), states[0] is v
+([0.800000011920929, 0.800000011920929, 0.800000011920929], True)
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+from fluxtrain.core import rules as R
+from fluxtrain.core.base import State, maywrite
+from fluxtrain.core.batched import CPU_CHUNK_BYTES
+from fluxtrain.core.hyper import cast
+
+__all__ = ["prepare", "Pending", "trusted"]
+
+_aten = torch.ops.aten
+_ORIGINAL: dict[type, tuple[Any, Any]] = {
+    cls: (cls.__dict__["apply"], cls.__dict__["apply_many"])
+    for cls in (R.Descent, R.Momentum, R.Adam)
+}
+#: dtypes of the fused path: for these, every kernel used gives the same bits on a
+#: slice, a list or one tensor (bfloat16 scalar kernels were seen to differ)
+_DTYPES = (torch.float32, torch.float64)
+#: scratch buffers per rule class (Adam on the CPU adds one for a flat copy of dx)
+_NSCRATCH = {R.Descent: 1, R.Momentum: 1, R.Adam: 2}
+
+
+def trusted(rule: object) -> bool:
+    """Whether ``rule`` is a plain built-in Descent/Momentum/Adam (nothing patched)."""
+    cls = type(rule)
+    orig = _ORIGINAL.get(cls)
+    return (
+        orig is not None
+        and cls.__dict__.get("apply") is orig[0]
+        and cls.__dict__.get("apply_many") is orig[1]
+    )
+
+
+# ----------------------------------------------------------------------- workspace
+class _Workspace:
+    """Scratch buffers and their per-run views, reused while the leaves' shapes stay."""
+
+    __slots__ = ("sig", "runs", "bufs", "flat", "spans", "homes", "ptrs", "starts", "nstate")
+
+    def __init__(self) -> None:
+        self.sig: Any = None
+        self.runs: list[tuple[list[tuple[int, int, int]], list[list[torch.Tensor]]]] = []
+        self.bufs: list[torch.Tensor] = []
+        #: CPU, stateful rules: the state tensors live in ``homes`` (one flat buffer
+        #: per state slot, leaves back to back); ``spans`` is each run's range there
+        self.flat = False
+        self.spans: list[tuple[int, int]] = []
+        self.homes: list[torch.Tensor] = []
+        self.ptrs: list[list[int]] = []
+        self.starts: list[int] = []
+        self.nstate = 0
+
+
+_WS: dict[int, tuple[Any, dict[Any, _Workspace]]] = {}
+
+
+def _workspaces(rule: object) -> dict[Any, _Workspace]:
+    hit = _WS.get(id(rule))
+    if hit is not None and hit[0]() is rule:
+        return hit[1]
+    key = id(rule)
+    table: dict[Any, _Workspace] = {}
+    _WS[key] = (weakref.ref(rule, lambda _r: _WS.pop(key, None)), table)
+    return table
+
+
+def _layout(ws: _Workspace, xs: Sequence[torch.Tensor], nscratch: int, nstate: int) -> None:
+    """Cut the leaves into runs and make scratch views for each (cached by shapes)."""
+    x0 = xs[0]
+    sig = (x0.device, x0.dtype, nscratch, nstate, [x.shape for x in xs])
+    if ws.sig == sig:
+        return
+    ws.sig = None
+    esize = x0.element_size()
+    runs: list[list[tuple[int, int, int]]] = []  # (leaf, start, stop); stop -1 = whole leaf
+    if x0.device.type == "cpu":
+        cap = max(1, CPU_CHUNK_BYTES // esize)
+        cur: list[tuple[int, int, int]] = []
+        size = 0
+        for i, x in enumerate(xs):
+            n = x.numel()
+            if n > cap:
+                if cur:
+                    runs.append(cur)
+                    cur, size = [], 0
+                for a in range(0, n, cap):
+                    runs.append([(i, a, min(n, a + cap))])
+                continue
+            if cur and size + n > cap:
+                runs.append(cur)
+                cur, size = [], 0
+            cur.append((i, 0, -1))
+            size += n
+        if cur:
+            runs.append(cur)
+        total = max((sum((b - a) if b >= 0 else xs[i].numel() for i, a, b in r) for r in runs),
+                    default=0)
+    else:
+        runs = [[(i, 0, -1) for i in range(len(xs))]]
+        total = sum(x.numel() for x in xs)
+    flat = x0.device.type == "cpu" and nstate > 0
+    nbuf = nscratch + (1 if flat and nstate == 2 else 0)  # Adam copies dx to a flat g
+    bufs = [torch.empty(total, dtype=x0.dtype, device=x0.device) for _ in range(nbuf)]
+    out = []
+    for r in runs:
+        views: list[list[torch.Tensor]] = []
+        for buf in bufs:
+            vs, off = [], 0
+            for i, a, b in r:
+                if b < 0:
+                    n = xs[i].numel()
+                    vs.append(buf[off:off + n].view(xs[i].shape))
+                else:
+                    n = b - a
+                    vs.append(buf[off:off + n])
+                off += n
+            views.append(vs)
+        out.append((r, views))
+    starts = [0] * len(xs)
+    pos = 0
+    for i, x in enumerate(xs):
+        starts[i] = pos
+        pos += x.numel()
+    spans = []
+    for r in runs:
+        (i0, a0, _), (i1, _, b1) = r[0], r[-1]
+        spans.append((starts[i0] + a0, starts[i1] + (b1 if b1 >= 0 else xs[i1].numel())))
+    ws.runs, ws.bufs, ws.flat, ws.spans, ws.sig = out, bufs, flat, spans, sig
+    ws.homes, ws.ptrs, ws.starts = [], [], starts if flat else []
+    ws.nstate = nstate if flat else 0
+
+
+def _home(ws: _Workspace, slots: list[list[torch.Tensor]]) -> None:
+    """Make the state tensors live in ``ws.homes`` (values kept, objects kept).
+
+    ``slots[k][i]`` is leaf i's k-th state tensor. If every tensor is already at
+    its place (one pointer comparison each) nothing happens. Otherwise new flat
+    buffers are made and *all* tensors are copied there and re-pointed with
+    ``set_`` (the objects users hold stay the state, as ``update_`` promises);
+    buffers that other tensors may still use are never written.
+    """
+    if ws.homes and all(
+        t.data_ptr() == p and t.is_contiguous()
+        for ptrs, ts in zip(ws.ptrs, slots)
+        for t, p in zip(ts, ptrs)
+    ):
+        return
+    ws.homes, ws.ptrs = [], []  # a failure below leaves no half-made homes
+    total = ws.starts[-1] + slots[0][-1].numel()
+    x0 = slots[0][0]
+    homes = [torch.empty(total, dtype=x0.dtype, device=x0.device) for _ in slots]
+    for home, ts in zip(homes, slots):
+        storage = home.untyped_storage()
+        for t, off in zip(ts, ws.starts):
+            n = t.numel()
+            home[off:off + n].copy_(t.reshape(-1))
+            stride, acc = [], 1
+            for d in reversed(t.shape):
+                stride.append(acc)
+                acc *= d
+            t.set_(storage, off, t.shape, stride[::-1])
+    esize = x0.element_size()
+    ws.homes = homes
+    ws.ptrs = [[h.data_ptr() + st * esize for st in ws.starts] for h in homes]
+
+
+# ----------------------------------------------------------------------- pending step
+class Pending:
+    """A checked, not yet applied step of one rule over one (device, dtype) group.
+
+    ``run()`` performs it (state and parameters in place) and returns the new
+    states; it allocates nothing and raises nothing for the checked inputs, so
+    callers run it inside their commit.
+    """
+
+    __slots__ = ("states", "idx", "_run")
+
+    def __init__(self, states: list[State], run: Callable[[], None]) -> None:
+        self.states = states
+        self.idx: list[int] = []  # positions of this group's leaves in prepare's input
+        self._run = run
+
+    def run(self) -> list[State]:
+        with torch.no_grad():
+            self._run()
+        return self.states
+
+
+def _cut(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
+    return t if b < 0 else t.view(-1)[a:b]
+
+
+def _ok_tensor(t: object, x: torch.Tensor) -> bool:
+    return (
+        type(t) is torch.Tensor
+        and t.shape == x.shape  # type: ignore[union-attr]
+        and t.dtype == x.dtype  # type: ignore[union-attr]
+        and t.device == x.device  # type: ignore[union-attr]
+    )
+
+
+def prepare(
+    rule: object,
+    states: Sequence[State],
+    xs: Sequence[torch.Tensor],
+    dxs: Sequence[torch.Tensor],
+) -> list[Pending] | None:
+    """Check ``rule``'s whole leaf set for the fused path; ``None`` if any leaf does not fit.
+
+    Returns one :class:`Pending` per (device, dtype) group. Nothing is written.
+    """
+    if not xs or not trusted(rule):
+        return None
+    cls = type(rule)
+    nstate = 0 if cls is R.Descent else 1 if cls is R.Momentum else 2
+    ptrs = set()
+    for x in xs:
+        ptrs.add(x.data_ptr())
+    if len(ptrs) != len(xs):
+        return None  # parameters sharing memory: keep the general order
+    groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    for i, (s, x, dx) in enumerate(zip(states, xs, dxs)):
+        if (
+            type(x) not in (torch.Tensor, torch.nn.Parameter)
+            or x.dtype not in _DTYPES
+            or type(dx) not in (torch.Tensor, torch.nn.Parameter)
+            or dx.dtype != x.dtype
+            or dx.device != x.device
+            or dx.shape != x.shape
+            or not maywrite(x)
+            or torch._debug_has_internal_overlap(x) != 0
+            or (dx is not x and dx.data_ptr() in ptrs)
+        ):
+            return None
+        if nstate == 1 and not _ok_tensor(s, x):
+            return None
+        if nstate == 2 and not (
+            type(s) is R.AdamState and _ok_tensor(s.m, x) and _ok_tensor(s.v, x)
+            and type(s.beta_t) is tuple and len(s.beta_t) == 2
+        ):
+            return None
+        big = x.numel() * x.element_size() > CPU_CHUNK_BYTES and x.device.type == "cpu"
+        if big and not (x.is_contiguous() and dx.is_contiguous()):
+            return None  # sliced into runs: needs flat views (homed states are contiguous)
+        groups.setdefault((x.device, x.dtype), []).append(i)
+    table = _workspaces(rule)
+    out = []
+    thread = threading.get_ident()  # scratch is per thread: steps may run concurrently
+    for (dev, dt), idx in groups.items():
+        key = (dev, dt, thread)
+        ws = table.get(key)
+        if ws is None:
+            ws = table[key] = _Workspace()
+        gxs = [xs[i] for i in idx]
+        _layout(ws, gxs, _NSCRATCH[cls], nstate)
+        gst = [states[i] for i in idx]
+        if ws.flat:
+            _home(ws, [gst] if nstate == 1 else [[s.m for s in gst], [s.v for s in gst]])
+        gdx = [dxs[i] for i in idx]
+        if cls is R.Descent:
+            p = _descent(rule, ws, gst, gxs, gdx)
+        elif cls is R.Momentum:
+            p = _momentum(rule, ws, gst, gxs, gdx)
+        else:
+            p = _adam(rule, ws, gst, gxs, gdx)
+        p.idx = idx
+        out.append(p)
+    return out
+
+
+def _runs(ws: _Workspace, *lists: Sequence[torch.Tensor]) -> list[list[list[torch.Tensor]]]:
+    """Per run: the run's slice of every list in ``lists``, then the scratch views."""
+    res = []
+    for r, views in ws.runs:
+        res.append([[_cut(lst[i], a, b) for i, a, b in r] for lst in lists] + views)
+    return res
+
+
+def _descent(rule: Any, ws: _Workspace, states: list[State], xs: list[torch.Tensor],
+             dxs: list[torch.Tensor]) -> Pending:
+    eta = cast(rule.eta, xs[0].dtype)
+    runs = _runs(ws, xs, dxs)
+
+    def run() -> None:
+        for x, dx, s1 in runs:
+            _aten._foreach_mul.Scalar_out(dx, eta, out=s1)
+            torch._foreach_sub_(x, s1)
+
+    return Pending(list(states), run)
+
+
+def _momentum(rule: Any, ws: _Workspace, states: list[State], xs: list[torch.Tensor],
+              dxs: list[torch.Tensor]) -> Pending:
+    dt = xs[0].dtype
+    eta, rho = cast(rule.eta, dt), cast(rule.rho, dt)
+    runs = _runs(ws, xs, dxs, states)
+    if ws.flat:  # v lives in ws.homes[0]: one kernel per run for the v updates
+        home, s1flat = ws.homes[0], ws.bufs[0]
+        flat = [(home[lo:hi], s1flat[:hi - lo]) for lo, hi in ws.spans]
+
+        def run() -> None:
+            for (x, dx, v, s1), (vf, sf) in zip(runs, flat):
+                _aten._foreach_mul.Scalar_out(dx, eta, out=s1)
+                vf.mul_(rho)
+                vf.add_(sf)
+                torch._foreach_sub_(x, v)
+
+        return Pending(list(states), run)
+
+    def run_lists() -> None:
+        for x, dx, v, s1 in runs:
+            _aten._foreach_mul.Scalar_out(dx, eta, out=s1)
+            torch._foreach_mul_(v, rho)
+            torch._foreach_add_(v, s1)
+            torch._foreach_sub_(x, v)
+
+    return Pending(list(states), run_lists)
+
+
+def _adam(rule: Any, ws: _Workspace, states: list[Any], xs: list[torch.Tensor],
+          dxs: list[torch.Tensor]) -> Pending:
+    dt = xs[0].dtype
+    eta, b1, b2, c1, c2, eps = rule._scalars(dt)
+    memo: dict[tuple[float, float], tuple[float, float, tuple[float, float]]] = {}
+    d1: list[float] = []
+    d2: list[float] = []
+    new_states = []
+    for s in states:
+        bt = s.beta_t
+        hit = memo.get(bt)
+        if hit is None:
+            hit = memo[bt] = (cast(1 - bt[0], dt), cast(1 - bt[1], dt),
+                              R._advance(bt, b1, b2, dt))
+        d1.append(hit[0])
+        d2.append(hit[1])
+        new_states.append(R.AdamState(s.m, s.v, hit[2]))
+    uniform = len(memo) == 1
+    ms = [s.m for s in states]
+    vs = [s.v for s in states]
+    runs = _runs(ws, xs, dxs, ms, vs)
+    if ws.flat and uniform:  # m, v in ws.homes; dx copied to a flat g per run
+        u1, u2 = d1[0], d2[0]
+        mh, vh = ws.homes
+        b_s1, b_s2, b_g = ws.bufs
+        flat = [(mh[lo:hi], vh[lo:hi], b_s1[:hi - lo], b_s2[:hi - lo], b_g[:hi - lo])
+                for lo, hi in ws.spans]
+
+        def run() -> None:
+            for (x, dx, _m, _v, s1, _s2, g), (m, v, f1, f2, gf) in zip(runs, flat):
+                torch._foreach_copy_(g, dx)
+                # _moment: m.mul_(b1).add_(dx * c1); v.mul_(b2).add_(abs2(dx) * c2)
+                torch.mul(gf, c1, out=f1)
+                m.mul_(b1)
+                m.add_(f1)
+                torch.mul(gf, gf, out=f2)
+                f2.mul_(c2)
+                v.mul_(b2)
+                v.add_(f2)
+                # step = m / (1-bt1); denom = sqrt(v / (1-bt2)) + eps; step/denom*eta
+                torch.div(m, u1, out=f1)
+                torch.div(v, u2, out=f2)
+                f2.sqrt_()
+                f2.add_(eps)
+                f1.div_(f2)
+                f1.mul_(eta)
+                torch._foreach_sub_(x, s1)
+
+        return Pending(new_states, run)
+    if uniform:
+        per_run: list[Any] = [(d1[0], d2[0])] * len(runs)
+    else:
+        per_run = [([d1[i] for i, _, _ in r], [d2[i] for i, _, _ in r]) for r, _ in ws.runs]
+
+    def run_lists() -> None:
+        for (x, dx, m, v, s1, s2, *_g), (e1, e2) in zip(runs, per_run):
+            # _moment: m.mul_(b1).add_(dx * c1); v.mul_(b2).add_(abs2(dx) * c2)
+            _aten._foreach_mul.Scalar_out(dx, c1, out=s1)
+            torch._foreach_mul_(m, b1)
+            torch._foreach_add_(m, s1)
+            _aten._foreach_mul.List_out(dx, dx, out=s2)
+            torch._foreach_mul_(s2, c2)
+            torch._foreach_mul_(v, b2)
+            torch._foreach_add_(v, s2)
+            # step = m / (1-bt1); denom = sqrt(v / (1-bt2)) + eps; step = step/denom*eta
+            if uniform:
+                _aten._foreach_div.Scalar_out(m, e1, out=s1)
+                _aten._foreach_div.Scalar_out(v, e2, out=s2)
+            else:
+                _aten._foreach_div.ScalarList_out(m, e1, out=s1)
+                _aten._foreach_div.ScalarList_out(v, e2, out=s2)
+            torch._foreach_sqrt_(s2)
+            torch._foreach_add_(s2, eps)
+            torch._foreach_div_(s1, s2)
+            torch._foreach_mul_(s1, eta)
+            torch._foreach_sub_(x, s1)
+
+    return Pending(new_states, run_lists)
