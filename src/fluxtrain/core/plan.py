@@ -45,8 +45,10 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
+from fluxtrain.core import native
 from fluxtrain.core import rules as R
 from fluxtrain.core.base import State, maywrite
 from fluxtrain.core.batched import CPU_CHUNK_BYTES
@@ -81,7 +83,8 @@ def trusted(rule: object) -> bool:
 class _Workspace:
     """Scratch buffers and their per-run views, reused while the leaves' shapes stay."""
 
-    __slots__ = ("sig", "runs", "bufs", "flat", "spans", "homes", "ptrs", "starts", "nstate")
+    __slots__ = ("sig", "runs", "bufs", "flat", "spans", "homes", "ptrs", "starts", "nstate",
+                 "native")
 
     def __init__(self) -> None:
         self.sig: Any = None
@@ -95,6 +98,7 @@ class _Workspace:
         self.ptrs: list[list[int]] = []
         self.starts: list[int] = []
         self.nstate = 0
+        self.native: _NativeCache | None = None
 
 
 _WS: dict[int, tuple[Any, dict[Any, _Workspace]]] = {}
@@ -260,9 +264,12 @@ def prepare(
     cls = type(rule)
     nstate = 0 if cls is R.Descent else 1 if cls is R.Momentum else 2
     ptrs = set()
+    nonempty = 0
     for x in xs:
-        ptrs.add(x.data_ptr())
-    if len(ptrs) != len(xs):
+        if x.numel():  # empty tensors (address 0 or shared) have nothing to write
+            ptrs.add(x.data_ptr())
+            nonempty += 1
+    if len(ptrs) != nonempty:
         return None  # parameters sharing memory: keep the general order
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
     for i, (s, x, dx) in enumerate(zip(states, xs, dxs)):
@@ -275,7 +282,7 @@ def prepare(
             or dx.shape != x.shape
             or not maywrite(x)
             or torch._debug_has_internal_overlap(x) != 0
-            or (dx is not x and dx.data_ptr() in ptrs)
+            or (dx is not x and dx.numel() and dx.data_ptr() in ptrs)
         ):
             return None
         if nstate == 1 and not _ok_tensor(s, x):
@@ -298,17 +305,21 @@ def prepare(
         if ws is None:
             ws = table[key] = _Workspace()
         gxs = [xs[i] for i in idx]
-        _layout(ws, gxs, _NSCRATCH[cls], nstate)
         gst = [states[i] for i in idx]
-        if ws.flat:
-            _home(ws, [gst] if nstate == 1 else [[s.m for s in gst], [s.v for s in gst]])
         gdx = [dxs[i] for i in idx]
-        if cls is R.Descent:
-            p = _descent(rule, ws, gst, gxs, gdx)
-        elif cls is R.Momentum:
-            p = _momentum(rule, ws, gst, gxs, gdx)
-        else:
-            p = _adam(rule, ws, gst, gxs, gdx)
+        p = None
+        if dev.type == "cpu" and native.available():
+            p = _native(cls, rule, ws, gst, gxs, gdx)  # None: not eligible this step
+        if p is None:
+            _layout(ws, gxs, _NSCRATCH[cls], nstate)
+            if ws.flat:
+                _home(ws, [gst] if nstate == 1 else [[s.m for s in gst], [s.v for s in gst]])
+            if cls is R.Descent:
+                p = _descent(rule, ws, gst, gxs, gdx)
+            elif cls is R.Momentum:
+                p = _momentum(rule, ws, gst, gxs, gdx)
+            else:
+                p = _adam(rule, ws, gst, gxs, gdx)
         p.idx = idx
         out.append(p)
     return out
@@ -363,14 +374,14 @@ def _momentum(rule: Any, ws: _Workspace, states: list[State], xs: list[torch.Ten
     return Pending(list(states), run_lists)
 
 
-def _adam(rule: Any, ws: _Workspace, states: list[Any], xs: list[torch.Tensor],
-          dxs: list[torch.Tensor]) -> Pending:
-    dt = xs[0].dtype
-    eta, b1, b2, c1, c2, eps = rule._scalars(dt)
+def _bias(states: list[Any], b1: float, b2: float, dt: torch.dtype) -> tuple[
+    list[float], list[float], list[State], bool
+]:
+    """Per leaf ``cast(1-βt1)``, ``cast(1-βt2)``, the advanced states, and whether all βt agree."""
     memo: dict[tuple[float, float], tuple[float, float, tuple[float, float]]] = {}
     d1: list[float] = []
     d2: list[float] = []
-    new_states = []
+    new_states: list[State] = []
     for s in states:
         bt = s.beta_t
         hit = memo.get(bt)
@@ -380,7 +391,14 @@ def _adam(rule: Any, ws: _Workspace, states: list[Any], xs: list[torch.Tensor],
         d1.append(hit[0])
         d2.append(hit[1])
         new_states.append(R.AdamState(s.m, s.v, hit[2]))
-    uniform = len(memo) == 1
+    return d1, d2, new_states, len(memo) == 1
+
+
+def _adam(rule: Any, ws: _Workspace, states: list[Any], xs: list[torch.Tensor],
+          dxs: list[torch.Tensor]) -> Pending:
+    dt = xs[0].dtype
+    eta, b1, b2, c1, c2, eps = rule._scalars(dt)
+    d1, d2, new_states, uniform = _bias(states, b1, b2, dt)
     ms = [s.m for s in states]
     vs = [s.v for s in states]
     runs = _runs(ws, xs, dxs, ms, vs)
@@ -441,3 +459,134 @@ def _adam(rule: Any, ws: _Workspace, states: list[Any], xs: list[torch.Tensor],
             torch._foreach_sub_(x, s1)
 
     return Pending(new_states, run_lists)
+
+
+# ----------------------------------------------------------------------- native kernel
+#: elements per thread below which the native kernel stays on fewer threads
+NATIVE_MIN_PER_THREAD = 1 << 17
+_RULE_CODE = {R.Descent: 0, R.Momentum: 1, R.Adam: 2}
+
+
+class _NativeCache:
+    """Per-group arrays for the native kernel, valid while the tensors stay where they are.
+
+    ``key`` is the parameter and state addresses and the shapes; the pointer arrays
+    are built once and only the gradient addresses are filled in per step.
+    ``lo``/``hi`` are the sorted byte ranges of parameters and states (all pairwise
+    disjoint), against which each step's gradients are checked.
+    """
+
+    __slots__ = ("key", "arrays", "addr", "lo", "hi")
+
+    def __init__(self, key: Any, arrays: list[np.ndarray], lo: np.ndarray,
+                 hi: np.ndarray) -> None:
+        self.key = key
+        self.arrays = arrays  # x, m, v pointer arrays and the element offsets (kept alive)
+        self.addr = [a.ctypes.data for a in arrays]
+        self.lo, self.hi = lo, hi
+
+
+def _ranges(ptrs: list[int], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    p = np.array(ptrs, dtype=np.int64)
+    n = np.array(sizes, dtype=np.int64)
+    keep = n > 0
+    return p[keep], p[keep] + n[keep]
+
+
+def _native_cache(ws: _Workspace, xs: list[torch.Tensor],
+                  slots: list[list[torch.Tensor]]) -> _NativeCache | None:
+    """The cached arrays for these tensors (rebuilt if any moved); None if memory overlaps."""
+    key = ([x.data_ptr() for x in xs], [[t.data_ptr() for t in ts] for ts in slots],
+           [x.shape for x in xs])
+    nc = ws.native
+    if nc is not None and nc.key == key:
+        return nc
+    ws.native = None
+    esize = xs[0].element_size()
+    numels = [x.numel() for x in xs]
+    sizes = [n * esize for n in numels]
+    lo, hi = _ranges(key[0] + [p for ps in key[1] for p in ps], sizes * (1 + len(slots)))
+    order = np.argsort(lo, kind="stable")
+    lo, hi = lo[order], hi[order]
+    if lo.size > 1 and bool((lo[1:] < hi[:-1]).any()):
+        return None  # parameters/states share memory: keep the general order
+    offs = np.zeros(len(xs) + 1, dtype=np.int64)
+    np.cumsum(numels, out=offs[1:])
+    arrays = [np.array(key[0], dtype=np.int64)]
+    arrays += [np.array(ps, dtype=np.int64) for ps in key[1]]
+    arrays += [arrays[0]] * (2 - len(slots))  # unused state slots: never read
+    arrays.append(offs)
+    nc = ws.native = _NativeCache(key, arrays, lo, hi)
+    return nc
+
+
+def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[torch.Tensor],
+            dxs: list[torch.Tensor]) -> Pending | None:
+    """A :class:`Pending` running the single-pass native kernel; None if not eligible.
+
+    Eligible: every parameter, gradient and state tensor contiguous, and no
+    gradient overlapping a parameter or state (then every element's update is
+    independent, and the kernel's one pass equals the rule's sequence of passes).
+    """
+    lib = native.library()
+    if lib is None:
+        return None
+    if cls is R.Descent:
+        slots: list[list[torch.Tensor]] = []
+    elif cls is R.Momentum:
+        slots = [states]
+    else:
+        slots = [[s.m for s in states], [s.v for s in states]]
+    for x, dx in zip(xs, dxs):
+        if not (x.is_contiguous() and dx.is_contiguous()):
+            return None
+    for ts in slots:
+        for t in ts:
+            if not t.is_contiguous():
+                return None
+    nc = _native_cache(ws, xs, slots)
+    if nc is None:
+        return None
+    esize = xs[0].element_size()
+    gptr = np.array([d.data_ptr() for d in dxs], dtype=np.int64)
+    if nc.lo.size:
+        gsz = np.array([d.numel() for d in dxs], dtype=np.int64) * esize
+        j = np.searchsorted(nc.lo, gptr + gsz, side="left") - 1
+        hit = (j >= 0) & (gsz > 0)
+        if bool(hit.any()) and bool((nc.hi[j[hit]] > gptr[hit]).any()):
+            return None  # a gradient shares memory with a parameter or state
+    dt = xs[0].dtype
+    f64 = int(dt is torch.float64)
+    code = _RULE_CODE[cls]
+    n = len(xs)
+    xa, ma, va, offs = nc.addr
+    nthreads = torch.get_num_threads()
+    keep: list[Any] = [nc, gptr]
+    ga = gptr.ctypes.data
+    step = lib.fluxtrain_step
+    if cls is R.Descent:
+        eta = cast(rule.eta, dt)
+        args: tuple[Any, ...] = (code, f64, n, xa, ga, None, None, offs, None, None, 0,
+                                 eta, 0.0, 0.0, 0.0, 0.0, 0.0)
+        new_states: list[Any] = list(states)
+    elif cls is R.Momentum:
+        eta, rho = cast(rule.eta, dt), cast(rule.rho, dt)
+        args = (code, f64, n, xa, ga, ma, None, offs, None, None, 0,
+                eta, rho, 0.0, 0.0, 0.0, 0.0)
+        new_states = list(states)
+    else:
+        eta, b1, b2, c1, c2, eps = rule._scalars(dt)
+        d1, d2, new_states, uniform = _bias(states, b1, b2, dt)
+        if uniform:
+            da1, da2 = np.array(d1[:1]), np.array(d2[:1])
+        else:
+            da1, da2 = np.array(d1), np.array(d2)
+        keep += [da1, da2]
+        args = (code, f64, n, xa, ga, ma, va, offs, da1.ctypes.data, da2.ctypes.data,
+                0 if uniform else 1, eta, b1, b2, c1, c2, eps)
+    args += (nthreads, NATIVE_MIN_PER_THREAD)
+
+    def run(_keep: tuple[Any, ...] = tuple(keep)) -> None:
+        step(*args)  # _keep: the arrays whose addresses args holds stay alive with run
+
+    return Pending(new_states, run)

@@ -1,0 +1,277 @@
+/* Single-pass Descent / Momentum / Adam steps with the rule core's exact
+ * operation order (fluxtrain.core.rules, fluxtrain.core.plan).
+ *
+ * Every element goes through the same IEEE-754 operations (+ - * / sqrt), in
+ * the same order and in the same precision, as the rule core's sequence of
+ * torch kernels; IEEE arithmetic is deterministic, so the bits are the same.
+ * That holds only if the compiler neither contracts a*b+c into an FMA nor
+ * reassociates: build with -ffp-contract=off and without -ffast-math
+ * (fluxtrain.core.native does; -fno-math-errno only lets sqrt vectorise).
+ *
+ * Square root: torch's CPU sqrt is not always the IEEE one. Builds with MKL
+ * compute it with MKL VML's vmsSqrt/vmdSqrt (high-accuracy mode, within 1 ulp
+ * but not always correctly rounded). fluxtrain_set_sqrt installs such a
+ * function (found in torch's own library by fluxtrain.core.native, which
+ * checks that it reproduces torch.sqrt); Adam then works in blocks of BLOCK
+ * elements: moments and the two quotients into stack buffers, the library
+ * sqrt over the buffer, then the rest of the step. The buffers stay in L1, so
+ * memory is still read and written once. Without one, sqrt is the IEEE one,
+ * inline, in a single loop.
+ *
+ * One call updates a whole group of leaves: arrays of per-leaf addresses
+ * (x, dx and the state tensors), the cumulative element offsets of the
+ * leaves (n + 1 entries) and per-leaf bias corrections (Adam). The elements
+ * are split evenly over up to `nthreads` POSIX threads (made per call; the
+ * calling thread does one share), at least `min_per_thread` each.
+ * No torch headers: this file compiles in well under a second.
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stddef.h>
+
+#define FLUXTRAIN_ABI 2
+
+int fluxtrain_abi(void) { return FLUXTRAIN_ABI; }
+
+enum { RULE_DESCENT = 0, RULE_MOMENTUM = 1, RULE_ADAM = 2 };
+
+typedef struct {
+    int rule, f64;
+    int64_t nleaf;
+    const int64_t *x, *g, *m, *v, *offs;
+    const double *d1, *d2;
+    int64_t dstride;
+    double eta, b1, b2, c1, c2, eps;
+    int64_t lo, hi;
+} job_t;
+
+/* s = dx*eta; x = x - s */
+#define DESCENT(T, SUF)                                                        \
+    static void descent_##SUF(T *restrict x, const T *restrict g, int64_t n,   \
+                              T eta) {                                         \
+        for (int64_t i = 0; i < n; i++) {                                      \
+            T s = g[i] * eta;                                                  \
+            x[i] = x[i] - s;                                                   \
+        }                                                                      \
+    }
+
+/* s = dx*eta; v = v*rho; v = v + s; x = x - v */
+#define MOMENTUM(T, SUF)                                                       \
+    static void momentum_##SUF(T *restrict x, const T *restrict g,             \
+                               T *restrict v, int64_t n, T eta, T rho) {       \
+        for (int64_t i = 0; i < n; i++) {                                      \
+            T s = g[i] * eta;                                                  \
+            T vv = v[i] * rho;                                                 \
+            vv = vv + s;                                                       \
+            v[i] = vv;                                                         \
+            x[i] = x[i] - vv;                                                  \
+        }                                                                      \
+    }
+
+/* t1 = dx*c1; m = m*b1; m = m + t1; t2 = dx*dx; t2 = t2*c2; v = v*b2;
+ * v = v + t2; s = m/d1; q = v/d2; q = sqrt(q); q = q + eps; s = s/q;
+ * s = s*eta; x = x - s */
+#define ADAM(T, SUF, SQRT)                                                     \
+    static void adam_##SUF(T *restrict x, const T *restrict g,                 \
+                           T *restrict m, T *restrict v, int64_t n, T eta,     \
+                           T b1, T b2, T c1, T c2, T eps, T d1, T d2) {        \
+        for (int64_t i = 0; i < n; i++) {                                      \
+            T dx = g[i];                                                       \
+            T t1 = dx * c1;                                                    \
+            T mm = m[i] * b1;                                                  \
+            mm = mm + t1;                                                      \
+            T t2 = dx * dx;                                                    \
+            t2 = t2 * c2;                                                      \
+            T vv = v[i] * b2;                                                  \
+            vv = vv + t2;                                                      \
+            T s = mm / d1;                                                     \
+            T q = vv / d2;                                                     \
+            q = SQRT(q);                                                       \
+            q = q + eps;                                                       \
+            s = s / q;                                                         \
+            s = s * eta;                                                       \
+            m[i] = mm;                                                         \
+            v[i] = vv;                                                         \
+            x[i] = x[i] - s;                                                   \
+        }                                                                      \
+    }
+
+/* a vector square root: f(n, in, out, mode), MKL VML's signature (LP64) */
+typedef void (*vsqrt_f32_t)(int, const float *, float *, int64_t);
+typedef void (*vsqrt_f64_t)(int, const double *, double *, int64_t);
+static vsqrt_f32_t vsqrt_f32 = NULL;
+static vsqrt_f64_t vsqrt_f64 = NULL;
+static int64_t vsqrt_mode = 0;
+
+/* Install the vector sqrt per dtype (NULL: IEEE sqrt inline). Call before any step. */
+void fluxtrain_set_sqrt(void *f32, void *f64, int64_t mode) {
+    vsqrt_f32 = (vsqrt_f32_t)f32;
+    vsqrt_f64 = (vsqrt_f64_t)f64;
+    vsqrt_mode = mode;
+}
+
+#define BLOCK 1024
+
+/* The same as ADAM, in blocks, with the installed library sqrt. */
+#define ADAM_BLOCKED(T, SUF)                                                   \
+    static void adam_blocked_##SUF(T *restrict x, const T *restrict g,         \
+                                   T *restrict m, T *restrict v, int64_t n,    \
+                                   T eta, T b1, T b2, T c1, T c2, T eps, T d1, \
+                                   T d2) {                                     \
+        T sb[BLOCK], qb[BLOCK];                                                \
+        for (int64_t a = 0; a < n; a += BLOCK) {                               \
+            int64_t k = n - a < BLOCK ? n - a : BLOCK;                         \
+            const T *restrict gg = g + a;                                      \
+            T *restrict mp = m + a;                                            \
+            T *restrict vp = v + a;                                            \
+            T *restrict xp = x + a;                                            \
+            for (int64_t i = 0; i < k; i++) {                                  \
+                T dx = gg[i];                                                  \
+                T t1 = dx * c1;                                                \
+                T mm = mp[i] * b1;                                             \
+                mm = mm + t1;                                                  \
+                T t2 = dx * dx;                                                \
+                t2 = t2 * c2;                                                  \
+                T vv = vp[i] * b2;                                             \
+                vv = vv + t2;                                                  \
+                mp[i] = mm;                                                    \
+                vp[i] = vv;                                                    \
+                sb[i] = mm / d1;                                               \
+                qb[i] = vv / d2;                                               \
+            }                                                                  \
+            vsqrt_##SUF((int)k, qb, qb, vsqrt_mode);                           \
+            for (int64_t i = 0; i < k; i++) {                                  \
+                T q = qb[i] + eps;                                             \
+                T s = sb[i] / q;                                               \
+                s = s * eta;                                                   \
+                xp[i] = xp[i] - s;                                             \
+            }                                                                  \
+        }                                                                      \
+    }
+
+ADAM_BLOCKED(float, f32)
+ADAM_BLOCKED(double, f64)
+
+/* out = sqrt(in) with the installed sqrt (to check it against torch.sqrt). */
+void fluxtrain_sqrt(int f64, int64_t n, const void *in, void *out) {
+    for (int64_t a = 0; a < n; a += BLOCK) {
+        int64_t k = n - a < BLOCK ? n - a : BLOCK;
+        if (f64) {
+            const double *i = (const double *)in + a;
+            double *o = (double *)out + a;
+            if (vsqrt_f64) vsqrt_f64((int)k, i, o, vsqrt_mode);
+            else for (int64_t j = 0; j < k; j++) o[j] = sqrt(i[j]);
+        } else {
+            const float *i = (const float *)in + a;
+            float *o = (float *)out + a;
+            if (vsqrt_f32) vsqrt_f32((int)k, i, o, vsqrt_mode);
+            else for (int64_t j = 0; j < k; j++) o[j] = sqrtf(i[j]);
+        }
+    }
+}
+
+DESCENT(float, f32)
+DESCENT(double, f64)
+MOMENTUM(float, f32)
+MOMENTUM(double, f64)
+ADAM(float, f32, sqrtf)
+ADAM(double, f64, sqrt)
+
+#define PTR(T, arr, k, off) ((T *)(intptr_t)(arr)[k] + (off))
+
+static void leaf_range(const job_t *j, int64_t k, int64_t a, int64_t n) {
+    if (j->f64) {
+        double *x = PTR(double, j->x, k, a);
+        const double *g = PTR(double, j->g, k, a);
+        if (j->rule == RULE_DESCENT) {
+            descent_f64(x, g, n, j->eta);
+        } else if (j->rule == RULE_MOMENTUM) {
+            momentum_f64(x, g, PTR(double, j->m, k, a), n, j->eta, j->b1);
+        } else {
+            (vsqrt_f64 ? adam_blocked_f64 : adam_f64)(
+                     x, g, PTR(double, j->m, k, a), PTR(double, j->v, k, a), n,
+                     j->eta, j->b1, j->b2, j->c1, j->c2, j->eps,
+                     j->d1[k * j->dstride], j->d2[k * j->dstride]);
+        }
+    } else {
+        float *x = PTR(float, j->x, k, a);
+        const float *g = PTR(float, j->g, k, a);
+        if (j->rule == RULE_DESCENT) {
+            descent_f32(x, g, n, (float)j->eta);
+        } else if (j->rule == RULE_MOMENTUM) {
+            momentum_f32(x, g, PTR(float, j->m, k, a), n, (float)j->eta,
+                         (float)j->b1);
+        } else {
+            (vsqrt_f32 ? adam_blocked_f32 : adam_f32)(
+                     x, g, PTR(float, j->m, k, a), PTR(float, j->v, k, a), n,
+                     (float)j->eta, (float)j->b1, (float)j->b2, (float)j->c1,
+                     (float)j->c2, (float)j->eps,
+                     (float)j->d1[k * j->dstride], (float)j->d2[k * j->dstride]);
+        }
+    }
+}
+
+/* Elements [lo, hi) of the concatenated leaves. */
+static void run_job(const job_t *j) {
+    int64_t lo = j->lo, hi = j->hi;
+    if (lo >= hi) return;
+    const int64_t *offs = j->offs;
+    int64_t a = 0, b = j->nleaf; /* last k with offs[k] <= lo */
+    while (b - a > 1) {
+        int64_t mid = a + (b - a) / 2;
+        if (offs[mid] <= lo) a = mid; else b = mid;
+    }
+    for (int64_t k = a; k < j->nleaf && offs[k] < hi; k++) {
+        int64_t s = lo > offs[k] ? lo : offs[k];
+        int64_t e = hi < offs[k + 1] ? hi : offs[k + 1];
+        if (e > s) leaf_range(j, k, s - offs[k], e - s);
+    }
+}
+
+static void *thread_main(void *arg) {
+    run_job((const job_t *)arg);
+    return NULL;
+}
+
+#define MAX_THREADS 256
+
+/* One step of `rule` over `nleaf` leaves of one dtype. Never fails: a thread
+ * that cannot be started has its share done by the calling thread. */
+void fluxtrain_step(int rule, int f64, int64_t nleaf, const int64_t *x,
+                    const int64_t *g, const int64_t *m, const int64_t *v,
+                    const int64_t *offs, const double *d1, const double *d2,
+                    int64_t dstride, double eta, double b1, double b2,
+                    double c1, double c2, double eps, int nthreads,
+                    int64_t min_per_thread) {
+    if (nleaf <= 0) return;
+    int64_t total = offs[nleaf];
+    if (min_per_thread < 1) min_per_thread = 1;
+    int64_t nt = total / min_per_thread;
+    if (nt > nthreads) nt = nthreads;
+    if (nt > MAX_THREADS) nt = MAX_THREADS;
+    if (nt < 1) nt = 1;
+    job_t jobs[MAX_THREADS];
+    pthread_t tids[MAX_THREADS];
+    int started[MAX_THREADS];
+    int64_t prev = 0;
+    for (int64_t t = 0; t < nt; t++) {
+        job_t *j = &jobs[t];
+        j->rule = rule; j->f64 = f64; j->nleaf = nleaf;
+        j->x = x; j->g = g; j->m = m; j->v = v; j->offs = offs;
+        j->d1 = d1; j->d2 = d2; j->dstride = dstride;
+        j->eta = eta; j->b1 = b1; j->b2 = b2; j->c1 = c1; j->c2 = c2; j->eps = eps;
+        /* boundaries on multiples of 16 elements: whole cache lines per thread */
+        int64_t end = t + 1 == nt ? total : (total / nt * (t + 1)) & ~(int64_t)15;
+        if (end < prev) end = prev;
+        j->lo = prev; j->hi = end;
+        prev = end;
+    }
+    for (int64_t t = 1; t < nt; t++)
+        started[t] = pthread_create(&tids[t], NULL, thread_main, &jobs[t]) == 0;
+    run_job(&jobs[0]);
+    for (int64_t t = 1; t < nt; t++) {
+        if (started[t]) pthread_join(tids[t], NULL);
+        else run_job(&jobs[t]);
+    }
+}
