@@ -172,6 +172,8 @@ class Params:
         self._ids: dict[int, torch.Tensor] = {}
         # id(numpy array) -> (array, its tensor); the array is kept so its id stays unique
         self._np: dict[int, tuple[Any, torch.Tensor]] = {}
+        #: bumped whenever the membership changes (optimisers cache per-Params step plans)
+        self._version = 0
         if xs is None:
             return
         if isinstance(xs, Params):
@@ -200,6 +202,7 @@ class Params:
             if id(x) not in self._ids:
                 self._ids[id(x)] = x
                 self._order.append(x)
+                self._version += 1
             return
         if _is_ndarray(x):
             if id(x) in self._np:
@@ -210,6 +213,7 @@ class Params:
             self._np[id(x)] = (x, t)
             self._ids[id(t)] = t
             self._order.append(t)
+            self._version += 1
             return
         raise TypeError(
             f"Params holds tensors (or numeric numpy arrays), got {type(x).__name__}; "
@@ -253,6 +257,7 @@ class Params:
             return self
         del self._ids[id(t)]
         self._order = [p for p in self._order if p is not t]
+        self._version += 1
         for k, (_, tt) in list(self._np.items()):
             if tt is t:
                 del self._np[k]

@@ -8,6 +8,7 @@ These are the implementations; the public ``fluxtrain.update_`` and
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import Any
@@ -20,7 +21,13 @@ from fluxtrain.errors import DomainError
 from fluxtrain.implicit.callbacks import SkipException, StopException, runall
 from fluxtrain.implicit.gradient import withgradient_implicit
 from fluxtrain.implicit.params import Grads, Params
-from fluxtrain.optimise.optimisers import AbstractOptimiser, step_many_
+from fluxtrain.optimise.optimisers import (
+    AbstractOptimiser,
+    fast_states,
+    state_keys,
+    step_fused_,
+    step_many_,
+)
 
 __all__ = ["update_implicit", "train_implicit"]
 
@@ -40,6 +47,60 @@ def _lookup(gs: Any, x: torch.Tensor, ps: Params) -> Any:
             "give a gradient (or None) for every tensor in the Params"
         )
     raise TypeError(f"gradients must be a Grads (from gradient(f, ps)), got {type(gs).__name__}")
+
+
+_NO: Any = object()
+
+
+def _fast_update(opt: AbstractOptimiser, ps: Params, gs: Grads) -> bool:
+    """The cached step of ``update_(opt, ps, gs)``; ``False`` (nothing changed) if it can't.
+
+    Taken when ``gs`` was made for ``ps`` itself, ``opt`` keeps its state the
+    plain way with a built-in Descent/Momentum/Adam rule, every parameter with
+    a gradient has a state already (from an earlier step) and every gradient is
+    a plain tensor of its parameter's shape and device. Per ``(opt, ps)`` it
+    caches the stored state keys (:func:`~fluxtrain.optimise.optimisers.state_keys`),
+    keyed by ``ps``'s membership version (``push``/``delete`` change it), so a
+    step does no per-parameter hashing of weak references and no Grads
+    lookups by identity. The gradients are not copied: the fused path only
+    reads them. Anything unusual returns ``False`` and the general loop runs
+    (it raises the usual errors).
+    """
+    if not fast_states(opt):
+        return False
+    order = ps._order
+    cache = opt.__dict__.get("_ps_plan")
+    if cache is None or cache[0]() is not ps or cache[1] != ps._version:
+        cache = (weakref.ref(ps), ps._version, state_keys(opt, order))
+        object.__setattr__(opt, "_ps_plan", cache)
+    gmap = gs._grads
+    xs: list[torch.Tensor] = []
+    dxs: list[torch.Tensor] = []
+    keys: list[Any] = []
+    tensor = torch.Tensor
+    for x, k in zip(order, cache[2]):
+        g = gmap.get(id(x), _NO)
+        if g is None:
+            continue
+        if (
+            k is None
+            or type(g) is not tensor
+            or g is x
+            or g.shape != x.shape
+            or g.device != x.device
+        ):
+            if k is None and g is not _NO:
+                object.__setattr__(opt, "_ps_plan", None)  # a new state will appear
+            return False
+        xs.append(x)
+        dxs.append(g.detach() if g.requires_grad else g)
+        keys.append(k)
+    if not xs:
+        return False
+    done = step_fused_(opt, xs, dxs, keys)
+    if done is None:
+        object.__setattr__(opt, "_ps_plan", None)  # a state was deleted: find the keys again
+    return bool(done)
 
 
 def update_implicit(
@@ -65,6 +126,10 @@ def update_implicit(
     """
     if isinstance(ps_or_x, Params):
         ps = ps_or_x
+        if type(gs_or_g) is Grads and gs_or_g.params is ps and _fast_update(opt, ps, gs_or_g):
+            if trace.active():
+                trace.record_step("implicit", list(ps), loss)
+            return ps
         xs: list[torch.Tensor] = []
         dxs: list[torch.Tensor] = []
         for x in ps:

@@ -207,7 +207,9 @@ class AbstractOptimiser:
         The state is keyed by tensor identity, which does not survive pickling;
         to save training state, translate: ``fluxtrain.setup(opt, model)``.
         """
-        return {k: v for k, v in self.__dict__.items() if k not in ("_states", "_cache")}
+        return {
+            k: v for k, v in self.__dict__.items() if k not in ("_states", "_cache", "_ps_plan")
+        }
 
     def __setstate__(self, d: dict[str, Any]) -> None:
         object.__setattr__(self, "_states", WeakIdKeyDictionary())
@@ -303,6 +305,93 @@ def step_many_(
                     _forget(opt, x)
         raise
     return steps
+
+
+_NONE: Any = object()
+
+
+def fast_states(opt: AbstractOptimiser) -> bool:
+    """Whether ``opt`` keeps its state the plain way (``opt._states``, a built-in rule).
+
+    Only such optimisers take :func:`step_fused_`, which reads and writes that
+    dictionary through cached keys (see :func:`state_keys`).
+    """
+    t = type(opt)
+    return (
+        t._get_state is AbstractOptimiser._get_state
+        and t._put_state is AbstractOptimiser._put_state
+        and t._has_state is AbstractOptimiser._has_state
+        and type(opt.__dict__.get("_states")) is WeakIdKeyDictionary
+        and not _is_custom(opt)
+    )
+
+
+def state_keys(opt: AbstractOptimiser, xs: Sequence[torch.Tensor]) -> list[Any]:
+    """The keys ``opt.state`` stores for ``xs`` (``None`` where ``x`` has no state yet).
+
+    A stored key found by identity makes a later lookup a plain dict hit (a
+    fresh ``WeakIdRef`` per lookup costs about 2 us, mostly in its ``__eq__``).
+    Any live reference to ``x`` still finds ``x``'s entry (the keys compare by
+    referent identity), so a key made stale by a delete and re-insert of the
+    entry only costs speed. The keys are weak: nothing here keeps ``x`` alive.
+    """
+    by_id: dict[int, Any] = {}
+    for ref in list(opt._states.data):
+        by_id.setdefault(ref._id, []).append(ref)
+    out: list[Any] = []
+    for x in xs:
+        hit = None
+        for ref in by_id.get(id(x), ()):
+            if ref() is x:
+                hit = ref
+                break
+        out.append(hit)
+    return out
+
+
+def step_fused_(
+    opt: AbstractOptimiser, xs: list[torch.Tensor], dxs: list[torch.Tensor], keys: list[Any]
+) -> bool | None:
+    """:func:`step_many_` for a plain optimiser whose rule takes the fused path.
+
+    ``keys[i]`` is the stored ``opt.state`` key of ``xs[i]`` (from
+    :func:`state_keys`); every ``xs[i]`` must already have a state. Returns
+    ``True`` when done; ``None`` (a state is missing) or ``False`` (the rule is
+    not a plain Descent/Momentum/Adam, or :func:`fluxtrain.core.plan.prepare`
+    refuses a leaf), having changed nothing, when it cannot; the caller then runs
+    :func:`step_many_`. The gradients are read, never written or kept, so the
+    caller need not copy them. Same commit as :func:`step_many_`'s fused branch.
+    """
+    rule = opt._rule()
+    if not plan.trusted(rule):
+        return False
+    data = opt._states.data
+    origs = []
+    for k in keys:
+        s = data.get(k, _NONE)
+        if s is _NONE:
+            return None
+        origs.append(s)
+    pending = plan.prepare(rule, origs, xs, dxs)
+    if pending is None:
+        return False
+    committed = False
+    try:
+        with defer_interrupts():  # commit: the whole step, parameters and state
+            new_states = [s for p in pending for s in p.run()]
+            subtract_many_([], [])  # nothing left to subtract: the runs did it
+            order = [keys[i] for p in pending for i in p.idx]
+            for k, s in zip(order, new_states):
+                data[k] = s  # an existing entry: the stored key is kept
+            opt._finish_step()
+            committed = True
+    except BaseException:
+        if not committed:
+            with defer_interrupts():
+                for k, o in zip(keys, origs):
+                    data[k] = o
+        raise
+    return True
 
 
 def _forget(opt: AbstractOptimiser, x: torch.Tensor) -> None:
