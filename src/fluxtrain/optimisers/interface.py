@@ -28,10 +28,11 @@ about a few microseconds per leaf). Plain ``Descent``/``Momentum``/``Adam``
 then take :mod:`fluxtrain.core.plan`'s fused path (whole step inside the
 commit, no backup copy, reused scratch, state in flat buffers, same bits);
 other rules go through one ``apply_batched`` per rule object and one
-``subtract_many_``. The walk itself is not cached yet (a cache of the
-flattened ``(Leaf, parameter)`` list keyed on the state tree would sit in
-front of ``_collect`` and must be invalidated when the model's parameters or
-submodules are replaced).
+``subtract_many_``. After one successful step on a ``(state, model)`` pair
+the walk is cached (:mod:`fluxtrain.optimisers.stepplan`): later steps check
+the recorded structure by identity and flatten the gradient with a
+specialised walk; anything unusual (a changed structure, an odd gradient)
+falls back to :func:`_collect`, so results and errors are unchanged.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from fluxtrain.core import plan
 from fluxtrain.core.base import AbstractRule
 from fluxtrain.core.guards import clone_state, defer_interrupts, restore_state
 from fluxtrain.errors import external_stacklevel
-from fluxtrain.optimisers import parts
+from fluxtrain.optimisers import parts, stepplan
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.leaf import Leaf
 from fluxtrain.optimisers.tree import StateTree
@@ -179,11 +180,21 @@ def update_(state: Any, model: Any, grads: Any) -> tuple[Any, Any]:
     >>> m2[0].tolist(), m2[0] is m[0]
     ([-1.5, -1.3000000000000003], True)
     """
-    flat = False
-    if T.kind(model) == T.MODULE and _is_flat_names(grads):
+    is_module = T.kind(model) == T.MODULE
+    flat = is_module and _is_flat_names(grads)
+    step_plan = stepplan.lookup(state, model)
+    if step_plan is not None:
+        entries = step_plan.collect(grads, flat)
+        if entries is not None:  # the cached walk (fluxtrain.optimisers.stepplan)
+            acc = _Step(flat)
+            acc.entries = entries
+            replaced = _apply(acc)
+            if replaced:
+                model = _rebuild_model(model, replaced, {})
+            return state, model
+    if flat:
         grads = _nest_flat(model, grads)
-        flat = True
-    elif T.kind(model) == T.MODULE and isinstance(grads, tuple) and len(grads) == 1:
+    elif is_module and isinstance(grads, tuple) and len(grads) == 1:
         raise ValueError(
             "update_: the gradient for a Module is a 1-tuple; did you pass the whole result "
             "of gradient(loss, model, ...)? Pass its first element: grads[0]"
@@ -193,6 +204,8 @@ def update_(state: Any, model: Any, grads: Any) -> tuple[Any, Any]:
     replaced = _apply(acc)
     if replaced:
         model = _rebuild_model(model, replaced, {})
+    elif step_plan is None:  # the structure is known good now: cache it for the next step
+        stepplan.store(state, model, stepplan.build(state, model))
     return state, model
 
 
