@@ -146,6 +146,14 @@ class Stage:
             return not self.assignments(f)
         return False
 
+    def is_state(self, opt: cst.BaseExpression) -> bool:
+        """``opt`` is an optimiser state from ``setup`` (inline, or a name bound once to one):
+        the optimiser of a ``train_`` that the codemod converts to the explicit style."""
+        if isinstance(opt, cst.Name):
+            v = self.binding_value(opt)
+            return v is not None and self.is_setup(v)
+        return self.is_setup(opt)
+
     def binding_value(self, name: cst.Name) -> cst.BaseExpression | None:
         """The value of the single ``name = value`` binding ``name`` refers to, else None."""
         scope = self.scope_of(name)

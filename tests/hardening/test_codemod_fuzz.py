@@ -256,16 +256,16 @@ print(len(ps))
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "migrate/transforms/losses.py (FM002): when the gradient stays implicit (FM105/FM107 "
-    "markers: here opt.eta on an Optimiser chain), the first pass leaves "
-    "gradient(lambda: lossf(model, x, y), ps) with def lossf(m, x, y); a second pass gives "
-    "lossf another model parameter (def lossf(model_, m, x, y), lossf(model, model, x, y)): "
-    "not idempotent, and wrong. Fix: FM002 must not treat a function whose first "
-    "parameter it already receives the model through as reading the global model"))
 def test_migration_of_marked_gradient_is_idempotent() -> None:
+    """FM002 with a train_ that stays implicit (its optimiser, an Optimiser chain whose eta
+    is set later, cannot be translated): the loss is rewritten once (for the gradient),
+    the implicit train_ is marked FM104, and a second run changes nothing (it used to give
+    the loss a second model parameter: def lossf(model_, m, x, y))."""
     r = migrate_bytes(KNOWN_NOT_IDEMPOTENT.encode(), "k.py")
     assert r.error is None and r.markers
+    text = r.new_bytes.decode()
+    assert "def lossf(m, x, y):" in text and "lossf(model, x, y)" in text
+    assert "FM104" in text.split("ft.train_(lossf")[0].rsplit("for epoch", 1)[1]
     again = migrate_bytes(r.new_bytes, "k.py")
     assert again.new_bytes == r.new_bytes, again.new_bytes.decode()
 

@@ -54,7 +54,7 @@ class LossRule(Rule):
                 lam = positional(c)[0].value
                 if isinstance(lam, cst.Lambda) and not lam.params.params:
                     sites.append((lam.body, info.model, False))
-            elif st.call_to(c, "train_"):
+            elif converts_train(st, c):
                 pos = positional(c)
                 if len(pos) >= 4:
                     info = params_info(st, pos[1].value)
@@ -154,7 +154,7 @@ class LossRule(Rule):
                         continue
                     q = st.parent_of(p) if p is not None else None
                     if (isinstance(p, cst.Arg) and isinstance(q, cst.Call)
-                            and st.call_to(q, "train_") and positional(q)[:1] == [p]):
+                            and converts_train(st, q) and positional(q)[:1] == [p]):
                         self.ctx.rewritten_losses.add(name)
                         continue
                     self.mark(node, "FM104")
@@ -212,6 +212,17 @@ class LossRule(Rule):
 
     def leave_Lambda(self, original_node: cst.Lambda, updated_node: cst.Lambda) -> Any:
         return self._with_param(original_node, updated_node)
+
+
+def converts_train(st: Any, call: cst.Call) -> bool:
+    """A ``train_(loss, ps, data, opt)`` whose optimiser is a ``setup`` state, so FM005 makes
+    it explicit (and it will call ``loss(model, ...)``). One that stays implicit (an
+    optimiser that could not be translated) still calls ``loss(x, y)``: its loss must keep
+    its signature, also when the codemod runs again over its own marked output."""
+    if not st.call_to(call, "train_"):
+        return False
+    pos = positional(call)
+    return len(pos) == 4 and not any(a.star for a in call.args) and st.is_state(pos[3].value)
 
 
 def _names_in(fn: cst.CSTNode) -> list[cst.Name]:

@@ -70,7 +70,7 @@ class TrainRule(Rule):
                 self.mark(c, "FM111", "the loss of this train_ could not be rewritten to take "
                           "the model: rewrite by hand")
                 continue
-            if not self._is_state(opt):
+            if not self.stage.is_state(opt):
                 self.mark(c, "FM111", "the optimiser of this train_ could not be translated: "
                           "use opt_state = setup(rule, model)")
                 continue
@@ -96,12 +96,6 @@ class TrainRule(Rule):
                 e = st.parent_of(c)
                 if e is None or id(e) not in self.signal_calls:
                     self.mark(c, "FM109")
-
-    def _is_state(self, opt: cst.BaseExpression) -> bool:
-        if isinstance(opt, cst.Name):
-            v = self.stage.binding_value(opt)
-            return v is not None and self.stage.is_setup(v)
-        return self.stage.is_setup(opt)
 
     def _callback(self, expr: cst.BaseExpression) -> tuple[bool, bool] | None:
         """(stops, skips) for a callback; rewrites its stop()/skip(); None if unconvertible."""
