@@ -48,7 +48,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
 #: the same without -march=native, tried if the compiler rejects that flag
 _PORTABLE = tuple(f for f in FLAGS if f != "-march=native")
 #: must match FLUXTRAIN_ABI in fused.c
-ABI = 2
+ABI = 3
 #: MKL VML mode torch passes to vmsSqrt/vmdSqrt: VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
 _VML_MODE = 0x2 | 0x140000 | 0x100
 _SOURCE = Path(__file__).with_name("_native") / "fused.c"
@@ -111,13 +111,14 @@ def _declare(lib: ctypes.CDLL) -> None:
     f.argtypes = [ctypes.c_int, ctypes.c_int, i64, vp, vp, vp, vp, vp, vp, vp, i64,
                   dbl, dbl, dbl, dbl, dbl, dbl, ctypes.c_int, i64]
     lib.fluxtrain_set_sqrt.restype = None
-    lib.fluxtrain_set_sqrt.argtypes = [vp, vp, i64]
+    lib.fluxtrain_set_sqrt.argtypes = [vp, vp, i64, vp]
     lib.fluxtrain_sqrt.restype = None
     lib.fluxtrain_sqrt.argtypes = [ctypes.c_int, i64, vp, vp]
 
 
-def _torch_vml() -> tuple[int | None, int | None]:
-    """Addresses of MKL's ``vmsSqrt``/``vmdSqrt`` in torch's own library, if it exports them."""
+def _torch_vml() -> tuple[int | None, int | None, int | None]:
+    """Addresses of MKL's ``vmsSqrt``, ``vmdSqrt`` and ``MKL_Set_Num_Threads_Local``
+    in torch's own library, where it exports them (builds with MKL)."""
     import torch
 
     libdir = Path(torch.__file__).parent / "lib"
@@ -128,8 +129,13 @@ def _torch_vml() -> tuple[int | None, int | None]:
             fs, fd = h.vmsSqrt, h.vmdSqrt
         except (OSError, AttributeError):
             continue
-        return ctypes.cast(fs, ctypes.c_void_p).value, ctypes.cast(fd, ctypes.c_void_p).value
-    return None, None
+        try:
+            sl: int | None = ctypes.cast(h.MKL_Set_Num_Threads_Local, ctypes.c_void_p).value
+        except AttributeError:
+            sl = None
+        return (ctypes.cast(fs, ctypes.c_void_p).value, ctypes.cast(fd, ctypes.c_void_p).value,
+                sl)
+    return None, None, None
 
 
 def _sqrt_probe(dt: Any) -> Any:
@@ -164,18 +170,18 @@ def _choose_sqrt(lib: ctypes.CDLL) -> tuple[str, str] | str:
             if name.startswith("MKL") and ptr is None:
                 continue
             trial = list(chosen) + [ptr] + [None] * (1 - k)
-            lib.fluxtrain_set_sqrt(trial[0], trial[1], _VML_MODE)
+            lib.fluxtrain_set_sqrt(trial[0], trial[1], _VML_MODE, vml[2])
             out = torch.empty_like(probe)
             lib.fluxtrain_sqrt(k, probe.numel(), probe.data_ptr(), out.data_ptr())
             if torch.equal(out.view(itype), want.view(itype)):
                 found = (name, ptr)
                 break
         if found is None:
-            lib.fluxtrain_set_sqrt(None, None, 0)
+            lib.fluxtrain_set_sqrt(None, None, 0, None)
             return f"no square root found that reproduces torch.sqrt for {dt}"
         names.append(found[0])
         chosen.append(found[1])
-    lib.fluxtrain_set_sqrt(chosen[0], chosen[1], _VML_MODE)
+    lib.fluxtrain_set_sqrt(chosen[0], chosen[1], _VML_MODE, vml[2])
     return names[0], names[1]
 
 

@@ -30,7 +30,7 @@
 #include <stdint.h>
 #include <stddef.h>
 
-#define FLUXTRAIN_ABI 2
+#define FLUXTRAIN_ABI 3
 
 int fluxtrain_abi(void) { return FLUXTRAIN_ABI; }
 
@@ -103,15 +103,24 @@ typedef void (*vsqrt_f64_t)(int, const double *, double *, int64_t);
 static vsqrt_f32_t vsqrt_f32 = NULL;
 static vsqrt_f64_t vsqrt_f64 = NULL;
 static int64_t vsqrt_mode = 0;
+/* MKL_Set_Num_Threads_Local: MKL would otherwise run each small call as an
+ * OpenMP parallel region (a fork and join per block); 1 keeps it on the
+ * calling thread, and the previous setting is put back afterwards. */
+typedef int (*set_local_t)(int);
+static set_local_t vsqrt_set_local = NULL;
 
-/* Install the vector sqrt per dtype (NULL: IEEE sqrt inline). Call before any step. */
-void fluxtrain_set_sqrt(void *f32, void *f64, int64_t mode) {
+/* Install the vector sqrt per dtype (NULL: IEEE sqrt inline) and the MKL
+ * thread-local thread-count setter (or NULL). Call before any step. */
+void fluxtrain_set_sqrt(void *f32, void *f64, int64_t mode, void *set_local) {
     vsqrt_f32 = (vsqrt_f32_t)f32;
     vsqrt_f64 = (vsqrt_f64_t)f64;
     vsqrt_mode = mode;
+    vsqrt_set_local = (set_local_t)set_local;
 }
 
-#define BLOCK 1024
+#ifndef BLOCK
+#define BLOCK 4096
+#endif
 
 /* The same as ADAM, in blocks, with the installed library sqrt. */
 #define ADAM_BLOCKED(T, SUF)                                                   \
@@ -155,6 +164,7 @@ ADAM_BLOCKED(double, f64)
 
 /* out = sqrt(in) with the installed sqrt (to check it against torch.sqrt). */
 void fluxtrain_sqrt(int f64, int64_t n, const void *in, void *out) {
+    int prev = vsqrt_set_local ? vsqrt_set_local(1) : 0;
     for (int64_t a = 0; a < n; a += BLOCK) {
         int64_t k = n - a < BLOCK ? n - a : BLOCK;
         if (f64) {
@@ -169,6 +179,7 @@ void fluxtrain_sqrt(int f64, int64_t n, const void *in, void *out) {
             else for (int64_t j = 0; j < k; j++) o[j] = sqrtf(i[j]);
         }
     }
+    if (vsqrt_set_local) vsqrt_set_local(prev);
 }
 
 DESCENT(float, f32)
@@ -217,6 +228,8 @@ static void run_job(const job_t *j) {
     int64_t lo = j->lo, hi = j->hi;
     if (lo >= hi) return;
     const int64_t *offs = j->offs;
+    int lib_sqrt = j->rule == RULE_ADAM && (j->f64 ? vsqrt_f64 != NULL : vsqrt_f32 != NULL);
+    int prev = lib_sqrt && vsqrt_set_local ? vsqrt_set_local(1) : 0;
     int64_t a = 0, b = j->nleaf; /* last k with offs[k] <= lo */
     while (b - a > 1) {
         int64_t mid = a + (b - a) / 2;
@@ -227,6 +240,7 @@ static void run_job(const job_t *j) {
         int64_t e = hi < offs[k + 1] ? hi : offs[k + 1];
         if (e > s) leaf_range(j, k, s - offs[k], e - s);
     }
+    if (lib_sqrt && vsqrt_set_local) vsqrt_set_local(prev);
 }
 
 static void *thread_main(void *arg) {
