@@ -57,13 +57,28 @@ def measure(rows: list[Row], rounds: int, min_time: float) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
-def triad_bound_ms(numel_per_step: int, bytes_per_elem: int, rounds: int, min_time: float) -> float:
-    """ms a step must take at the measured in-place triad bandwidth."""
+def triad_bound_ms(numel_per_step: int, bytes_per_elem: int, rounds: int, min_time: float,
+                   device: str = "cpu") -> float:
+    """ms a step must take at the measured in-place triad bandwidth (on ``device``)."""
     n = 1 << 24
-    a, b = torch.rand(n), torch.rand(n)
-    ms = measure([("triad", lambda: a.add_(b, alpha=1e-9))], rounds, min_time)["triad"]
+    a, b = torch.rand(n, device=device), torch.rand(n, device=device)
+    ms = measure([("triad", synced(lambda: a.add_(b, alpha=1e-9), device))], rounds,
+                 min_time)["triad"]
     bandwidth = 12 * n / (ms / 1e3)  # bytes per second
     return numel_per_step * bytes_per_elem / bandwidth * 1e3
+
+
+def synced(fn: Callable[[], object], device: str) -> Callable[[], object]:
+    """``fn`` followed by a device synchronisation (CUDA work is asynchronous)."""
+    if device == "cpu":
+        return fn
+
+    def run() -> object:
+        out = fn()
+        torch.cuda.synchronize()
+        return out
+
+    return run
 
 
 # ---------------------------------------------------------------- cases
@@ -239,16 +254,37 @@ def main(argv: list[str] | None = None) -> int:
         "(ratios are what to compare: the host is shared).",
         "",
     ]
+    lines += optimiser_sections("cpu", scale, rounds, min_time)
+    if torch.cuda.is_available():
+        lines += [f"# CUDA: {torch.cuda.get_device_name()}", ""]
+        lines += optimiser_sections("cuda", scale, rounds, min_time)
+    else:
+        lines += ["# CUDA", "", "No CUDA device present: the CUDA section was skipped.", ""]
+        print("no CUDA device: CUDA section skipped", file=sys.stderr)
+    lines += train_sections(scale, rounds, min_time)
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.quick:
+        Path(args.output).write_text(text)
+    return 0
+
+
+def optimiser_sections(device: str, scale: float, rounds: int, min_time: float) -> list[str]:
+    """The optimiser-step tables of every case, with tensors on ``device``."""
+    lines: list[str] = []
     for case, make in CASES.items():
         torch.manual_seed(0)
-        tensors = make(scale)
+        tensors = [t.to(device) for t in make(scale)]
         numel = sum(t.numel() for t in tensors)
-        print(f"case {case}: {len(tensors)} tensors, {numel} elements", file=sys.stderr)
-        rows = safe_rows(functools.partial(optimiser_rows, tensors))
+        print(f"case {case} ({device}): {len(tensors)} tensors, {numel} elements",
+              file=sys.stderr)
+        rows = [(name, synced(fn, device))
+                for name, fn in safe_rows(functools.partial(optimiser_rows, tensors))]
         res = measure(rows, rounds, min_time)
-        adam_bound = triad_bound_ms(numel, 28, rounds, min_time)
-        sgd_bound = triad_bound_ms(numel, 20, rounds, min_time)
-        lines += [f"## {case} ({len(tensors)} tensors, {numel:,} elements)", "",
+        adam_bound = triad_bound_ms(numel, 28, rounds, min_time, device)
+        sgd_bound = triad_bound_ms(numel, 20, rounds, min_time, device)
+        where = "" if device == "cpu" else f", {device}"
+        lines += [f"## {case} ({len(tensors)} tensors, {numel:,} elements{where})", "",
                   "| row | ms | vs torch fused | vs torch foreach | vs bound |", "|---|---|---|---|---|"]
         for name, ms in res.items():
             family = "Adam" if "Adam" in name else "SGD-m" if ("SGD" in name or "Momentum" in name) else ""
@@ -261,7 +297,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         lines += ["", f"Bandwidth bound: Adam {adam_bound:.3f} ms, SGD-momentum {sgd_bound:.3f} ms.", ""]
         del tensors, rows
+    return lines
 
+
+def train_sections(scale: float, rounds: int, min_time: float) -> list[str]:
+    """Training loop, gradient() and codemod tables (CPU)."""
+    lines: list[str] = []
     res = measure(safe_rows(lambda: train_rows(scale)), rounds, min_time)
     lines += ["## Training loop and gradients", "", "| row | ms | ratio |", "|---|---|---|"]
     pairs = [("explicit train_ (MLP, 1 epoch)", "hand-written torch loop"),
@@ -276,11 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"| {k} | {v:.1f} |" for k, v in cres.items()]
     except Exception as exc:
         print(f"  skipped codemod rows: {type(exc).__name__}: {exc}", file=sys.stderr)
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if not args.quick:
-        Path(args.output).write_text(text)
-    return 0
+    return lines
 
 
 if __name__ == "__main__":
