@@ -240,12 +240,12 @@ def _cut(t: torch.Tensor, a: int, b: int) -> torch.Tensor:
     return t if b < 0 else t.view(-1)[a:b]
 
 
-def _ok_tensor(t: object, x: torch.Tensor) -> bool:
+def _ok_tensor(t: Any, shape: torch.Size, dtype: torch.dtype, device: torch.device) -> bool:
     return (
         type(t) is torch.Tensor
-        and t.shape == x.shape  # type: ignore[union-attr]
-        and t.dtype == x.dtype  # type: ignore[union-attr]
-        and t.device == x.device  # type: ignore[union-attr]
+        and t.shape == shape
+        and t.dtype == dtype
+        and t.device == device
     )
 
 
@@ -272,30 +272,41 @@ def prepare(
     if len(ptrs) != nonempty:
         return None  # parameters sharing memory: keep the general order
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
+    tensor_types = (torch.Tensor, torch.nn.Parameter)
+    overlap = torch._debug_has_internal_overlap
     for i, (s, x, dx) in enumerate(zip(states, xs, dxs)):
+        # each property is read once per tensor (torch makes a new object per read)
+        xdt, xdev, xshape = x.dtype, x.device, x.shape
         if (
-            type(x) not in (torch.Tensor, torch.nn.Parameter)
-            or x.dtype not in _DTYPES
-            or type(dx) not in (torch.Tensor, torch.nn.Parameter)
-            or dx.dtype != x.dtype
-            or dx.device != x.device
-            or dx.shape != x.shape
+            type(x) not in tensor_types
+            or xdt not in _DTYPES
+            or type(dx) not in tensor_types
+            or dx.dtype != xdt
+            or dx.device != xdev
+            or dx.shape != xshape
             or not maywrite(x)
-            or torch._debug_has_internal_overlap(x) != 0
+            or overlap(x) != 0
             or (dx is not x and dx.numel() and dx.data_ptr() in ptrs)
         ):
             return None
-        if nstate == 1 and not _ok_tensor(s, x):
+        if nstate == 1 and not _ok_tensor(s, xshape, xdt, xdev):
             return None
         if nstate == 2 and not (
-            type(s) is R.AdamState and _ok_tensor(s.m, x) and _ok_tensor(s.v, x)
+            type(s) is R.AdamState and _ok_tensor(s.m, xshape, xdt, xdev)
+            and _ok_tensor(s.v, xshape, xdt, xdev)
             and type(s.beta_t) is tuple and len(s.beta_t) == 2
         ):
             return None
-        big = x.numel() * x.element_size() > CPU_CHUNK_BYTES and x.device.type == "cpu"
-        if big and not (x.is_contiguous() and dx.is_contiguous()):
+        if xdev.type == "cpu" and x.numel() * x.element_size() > CPU_CHUNK_BYTES and not (
+            x.is_contiguous() and dx.is_contiguous()
+        ):
             return None  # sliced into runs: needs flat views (homed states are contiguous)
-        groups.setdefault((x.device, x.dtype), []).append(i)
+        gkey = (xdev, xdt)
+        grp = groups.get(gkey)
+        if grp is None:
+            groups[gkey] = [i]
+        else:
+            grp.append(i)
     table = _workspaces(rule)
     out = []
     thread = threading.get_ident()  # scratch is per thread: steps may run concurrently
