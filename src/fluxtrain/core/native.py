@@ -74,6 +74,20 @@ def _compiler() -> list[str] | None:
     return parts
 
 
+def _cpu_features() -> str:
+    """The CPU's feature flags (Linux), part of the cache key: a library built with
+    ``-march=native`` on one CPU must never be loaded on another (a home directory shared
+    between machines), where an unsupported instruction would kill the process."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def _version(cc: list[str]) -> str:
     try:
         out = subprocess.run(cc + ["--version"], capture_output=True, text=True,
@@ -243,7 +257,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     for flags in (FLAGS, _PORTABLE):
         key = hashlib.sha256(
             b"\0".join([src, " ".join(cc).encode(), " ".join(flags).encode(), version.encode(),
-                        platform.machine().encode(), str(ABI).encode()])
+                        platform.machine().encode(), _cpu_features().encode(),
+                        str(ABI).encode()])
         ).hexdigest()[:24]
         target = cache_dir() / f"fused-{key}.so"
         for attempt in (0, 1):  # a cached file that does not load is rebuilt once
