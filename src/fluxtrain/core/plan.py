@@ -43,12 +43,14 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Sequence
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
 import torch
 
-from fluxtrain.core import native
+from fluxtrain.core import base, native
 from fluxtrain.core import rules as R
 from fluxtrain.core.base import State, maywrite
 from fluxtrain.core.batched import CPU_CHUNK_BYTES
@@ -101,15 +103,16 @@ class _Workspace:
         self.native: _NativeCache | None = None
 
 
-_WS: dict[int, tuple[Any, dict[Any, _Workspace]]] = {}
+_WS: dict[int, tuple[Any, dict[Any, Any]]] = {}
 
 
-def _workspaces(rule: object) -> dict[Any, _Workspace]:
+def _workspaces(rule: object) -> dict[Any, Any]:
+    """The rule's table: ``(device, dtype, thread)``: workspace; ``("leaves", thread)``: _Leaves."""
     hit = _WS.get(id(rule))
     if hit is not None and hit[0]() is rule:
         return hit[1]
     key = id(rule)
-    table: dict[Any, _Workspace] = {}
+    table: dict[Any, Any] = {}
     _WS[key] = (weakref.ref(rule, lambda _r: _WS.pop(key, None)), table)
     return table
 
@@ -258,11 +261,37 @@ def prepare(
     """Check ``rule``'s whole leaf set for the fused path; ``None`` if any leaf does not fit.
 
     Returns one :class:`Pending` per (device, dtype) group. Nothing is written.
+
+    The checks of parameters and states are cached per rule and thread (see
+    :class:`_Leaves`): while every parameter and state tensor keeps its type,
+    address, shape, strides, dtype and device, a step re-checks only those
+    fingerprints, the parameters' writability, and the gradients.
     """
     if not xs or not trusted(rule):
         return None
     cls = type(rule)
     nstate = 0 if cls is R.Descent else 1 if cls is R.Momentum else 2
+    table = _workspaces(rule)
+    thread = threading.get_ident()  # scratch is per thread: steps may run concurrently
+    lkey = ("leaves", thread)
+    lc = table.get(lkey)
+    if lc is not None:
+        try:
+            res = _prepare_cached(lc, cls, rule, nstate, table, thread, states, xs, dxs)
+        except Exception:  # anything unusual: the full checks decide (and raise) as before
+            res = _MISS
+        if res is not _MISS:
+            return res  # type: ignore[return-value]
+    out = _prepare_full(cls, rule, nstate, table, thread, states, xs, dxs)
+    if out is not None and len(states) == len(xs) == len(dxs):
+        table[lkey] = _Leaves(cls, nstate, table, thread, states, xs, out)
+    return out
+
+
+def _prepare_full(cls: type, rule: object, nstate: int, table: dict[Any, Any], thread: int,
+                  states: Sequence[State], xs: Sequence[torch.Tensor],
+                  dxs: Sequence[torch.Tensor]) -> list[Pending] | None:
+    """:func:`prepare` without the cache: every check on every leaf."""
     ptrs = set()
     nonempty = 0
     for x in xs:
@@ -272,7 +301,7 @@ def prepare(
     if len(ptrs) != nonempty:
         return None  # parameters sharing memory: keep the general order
     groups: dict[tuple[torch.device, torch.dtype], list[int]] = {}
-    tensor_types = (torch.Tensor, torch.nn.Parameter)
+    tensor_types = _TENSOR_TYPES
     overlap = torch._debug_has_internal_overlap
     for i, (s, x, dx) in enumerate(zip(states, xs, dxs)):
         # each property is read once per tensor (torch makes a new object per read)
@@ -297,9 +326,7 @@ def prepare(
             and type(s.beta_t) is tuple and len(s.beta_t) == 2
         ):
             return None
-        if xdev.type == "cpu" and x.numel() * x.element_size() > CPU_CHUNK_BYTES and not (
-            x.is_contiguous() and dx.is_contiguous()
-        ):
+        if _big(x, xdev) and not (x.is_contiguous() and dx.is_contiguous()):
             return None  # sliced into runs: needs flat views (homed states are contiguous)
         gkey = (xdev, xdt)
         grp = groups.get(gkey)
@@ -307,14 +334,9 @@ def prepare(
             groups[gkey] = [i]
         else:
             grp.append(i)
-    table = _workspaces(rule)
     out = []
-    thread = threading.get_ident()  # scratch is per thread: steps may run concurrently
     for (dev, dt), idx in groups.items():
-        key = (dev, dt, thread)
-        ws = table.get(key)
-        if ws is None:
-            ws = table[key] = _Workspace()
+        ws = _workspace(table, dev, dt, thread)
         gxs = [xs[i] for i in idx]
         gst = [states[i] for i in idx]
         gdx = [dxs[i] for i in idx]
@@ -322,18 +344,198 @@ def prepare(
         if dev.type == "cpu" and native.available():
             p = _native(cls, rule, ws, gst, gxs, gdx)  # None: not eligible this step
         if p is None:
-            _layout(ws, gxs, _NSCRATCH[cls], nstate)
-            if ws.flat:
-                _home(ws, [gst] if nstate == 1 else [[s.m for s in gst], [s.v for s in gst]])
-            if cls is R.Descent:
-                p = _descent(rule, ws, gst, gxs, gdx)
-            elif cls is R.Momentum:
-                p = _momentum(rule, ws, gst, gxs, gdx)
-            else:
-                p = _adam(rule, ws, gst, gxs, gdx)
+            p = _foreach(cls, rule, nstate, ws, gst, gxs, gdx)
         p.idx = idx
         out.append(p)
     return out
+
+
+def _big(x: torch.Tensor, dev: torch.device) -> bool:
+    """Whether the foreach runs cut ``x`` into flat slices (it must then be contiguous)."""
+    return dev.type == "cpu" and x.numel() * x.element_size() > CPU_CHUNK_BYTES
+
+
+def _workspace(table: dict[Any, Any], dev: torch.device, dt: torch.dtype,
+               thread: int) -> _Workspace:
+    key = (dev, dt, thread)
+    ws = table.get(key)
+    if ws is None:
+        ws = table[key] = _Workspace()
+    return ws
+
+
+def _foreach(cls: type, rule: object, nstate: int, ws: _Workspace, gst: list[Any],
+             gxs: list[torch.Tensor], gdx: list[torch.Tensor]) -> Pending:
+    """The foreach-runs engine for one checked group."""
+    _layout(ws, gxs, _NSCRATCH[cls], nstate)
+    if ws.flat:
+        _home(ws, [gst] if nstate == 1 else [[s.m for s in gst], [s.v for s in gst]])
+    if cls is R.Descent:
+        return _descent(rule, ws, gst, gxs, gdx)
+    if cls is R.Momentum:
+        return _momentum(rule, ws, gst, gxs, gdx)
+    return _adam(rule, ws, gst, gxs, gdx)
+
+
+# ----------------------------------------------------------------------- leaf-set cache
+_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+_MISS = object()
+_ptr = torch.Tensor.data_ptr
+_stride = torch.Tensor.stride
+_contig = torch.Tensor.is_contiguous
+_inference = torch.Tensor.is_inference
+_shape = attrgetter("shape")
+_dtype = attrgetter("dtype")
+_device = attrgetter("device")
+_m = attrgetter("m")
+_v = attrgetter("v")
+_beta_t = attrgetter("beta_t")
+_MAYWRITE = base.maywrite
+_RO = "_fluxtrain_readonly"
+
+
+def _fingerprint(ts: Sequence[Any]) -> tuple[list[Any], ...]:
+    """Type, address, shape, strides, dtype and device of every tensor in ``ts``."""
+    return (list(map(type, ts)), list(map(_ptr, ts)), list(map(_shape, ts)),
+            list(map(_stride, ts)), list(map(_dtype, ts)), list(map(_device, ts)))
+
+
+def _slots(nstate: int, states: Sequence[Any]) -> list[list[torch.Tensor]]:
+    if nstate == 0:
+        return []
+    if nstate == 1:
+        return [list(states)]
+    return [list(map(_m, states)), list(map(_v, states))]
+
+
+class _Group:
+    """One (device, dtype) group of a cached leaf set."""
+
+    __slots__ = ("dev", "dt", "idx", "whole", "contig", "nc", "gsz")
+
+    def __init__(self, dev: torch.device, dt: torch.dtype, idx: list[int], n: int,
+                 contig: bool, nc: _NativeCache | None, gsz: np.ndarray) -> None:
+        self.dev, self.dt, self.idx = dev, dt, idx
+        self.whole = len(idx) == n  # the group is the whole leaf set, in order
+        self.contig = contig  # every parameter and state tensor contiguous
+        self.nc = nc  # the native arrays (None: parameters/states overlap, or not CPU)
+        self.gsz = gsz  # bytes per gradient (gradient shapes equal the parameters')
+
+
+class _Leaves:
+    """What :func:`prepare` found about a leaf set that passed all its checks.
+
+    Everything recorded is a function of the parameters' and states'
+    fingerprints (type, ``data_ptr``, shape, strides, dtype, device: dtype check,
+    internal overlap, distinct addresses, contiguity, the native kernel's pointer
+    arrays and overlap ranges), so it holds for as long as they do. A later
+    step with equal fingerprints needs only the per-step checks: writability of
+    each parameter (``_fluxtrain_readonly``, inference mode), the Adam state
+    structure, and the gradients.
+    """
+
+    __slots__ = ("n", "xfp", "sfp", "ptrs", "numels", "big", "groups")
+
+    def __init__(self, cls: type, nstate: int, table: dict[Any, Any], thread: int,
+                 states: Sequence[Any], xs: Sequence[torch.Tensor], out: list[Pending]) -> None:
+        n = self.n = len(xs)
+        slots = _slots(nstate, states)  # taken now: the foreach engine may have moved them
+        self.xfp = _fingerprint(xs)
+        self.sfp = [_fingerprint(ts) for ts in slots]
+        self.numels = list(map(torch.Tensor.numel, xs))
+        self.ptrs = {p for p, k in zip(self.xfp[1], self.numels) if k}
+        self.big = [i for i, x in enumerate(xs) if _big(x, x.device)]
+        cont = [all(ts) for ts in zip(map(_contig, xs), *(map(_contig, t) for t in slots))]
+        self.groups = []
+        lib = native.available()
+        for p in out:
+            idx = p.idx
+            x0 = xs[idx[0]]
+            dev, dt = x0.device, x0.dtype
+            contig = all(cont[i] for i in idx)
+            nc = None
+            if dev.type == "cpu" and lib and contig:
+                ws = _workspace(table, dev, dt, thread)
+                nc = _native_cache(ws, [xs[i] for i in idx], [[t[i] for i in idx] for t in slots])
+            gsz = np.array([self.numels[i] for i in idx], dtype=np.int64) * x0.element_size()
+            self.groups.append(_Group(dev, dt, idx, n, contig, nc, gsz))
+
+
+def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict[Any, Any],
+                    thread: int, states: Sequence[Any], xs: Sequence[torch.Tensor],
+                    dxs: Sequence[torch.Tensor]) -> Any:
+    """:func:`prepare` for a leaf set like ``lc``'s: its result, or ``_MISS`` (check fully)."""
+    n = lc.n
+    if (len(xs) != n or len(states) != n or len(dxs) != n or maywrite is not _MAYWRITE
+            or _fingerprint(xs) != lc.xfp):
+        return _MISS
+    if nstate == 2:
+        if list(map(type, states)).count(R.AdamState) != n:
+            return _MISS
+        bts = list(map(_beta_t, states))
+        if list(map(type, bts)).count(tuple) != n or list(map(len, bts)).count(2) != n:
+            return None
+    slots = _slots(nstate, states)
+    if [_fingerprint(ts) for ts in slots] != lc.sfp:
+        return _MISS
+    # maywrite(x), as base.maywrite reads it (both can change without a new fingerprint)
+    if any(map(getattr, xs, repeat(_RO), repeat(False))) or any(map(_inference, xs)):
+        return None
+    # the gradients: the checks of _prepare_full, all of them, every step
+    types = list(map(type, dxs))
+    if types.count(torch.Tensor) + types.count(torch.nn.Parameter) != n:
+        return None
+    xfp = lc.xfp
+    if (list(map(_dtype, dxs)) != xfp[4] or list(map(_device, dxs)) != xfp[5]
+            or list(map(_shape, dxs)) != xfp[2]):
+        return None
+    dptrs = list(map(_ptr, dxs))
+    ptrs = lc.ptrs
+    if not ptrs.isdisjoint(dptrs):
+        numels = lc.numels
+        for i in range(n):
+            if dxs[i] is not xs[i] and numels[i] and dptrs[i] in ptrs:
+                return None
+    dcont = list(map(_contig, dxs))
+    dall = dcont.count(True) == n
+    if not dall:
+        for i in lc.big:
+            if not dcont[i]:
+                return None
+    out = []
+    for g in lc.groups:
+        ws = _workspace(table, g.dev, g.dt, thread)
+        idx = g.idx
+        if g.whole:
+            gxs, gst, gdx = list(xs), list(states), list(dxs)
+            gptr, gcont = dptrs, dall
+        else:
+            gxs = [xs[i] for i in idx]
+            gst = [states[i] for i in idx]
+            gdx = [dxs[i] for i in idx]
+            gptr = [dptrs[i] for i in idx]
+            gcont = all(dcont[i] for i in idx)
+        p = None
+        if g.dev.type == "cpu" and native.available():
+            ok = g.contig and gcont
+            # g.nc None: not known (native was off, or memory overlaps): _native checks
+            known = _Known(ok, g.nc, gptr, g.gsz) if g.nc is not None or not ok else None
+            p = _native(cls, rule, ws, gst, gxs, gdx, known)
+        if p is None:
+            p = _foreach(cls, rule, nstate, ws, gst, gxs, gdx)
+        p.idx = idx
+        out.append(p)
+    return out
+
+
+class _Known:
+    """Facts :func:`_native` would otherwise establish itself (from the leaf-set cache)."""
+
+    __slots__ = ("contig", "nc", "gptr", "gsz")
+
+    def __init__(self, contig: bool, nc: _NativeCache | None, gptr: list[int],
+                 gsz: np.ndarray) -> None:
+        self.contig, self.nc, self.gptr, self.gsz = contig, nc, gptr, gsz
 
 
 def _runs(ws: _Workspace, *lists: Sequence[torch.Tensor]) -> list[list[list[torch.Tensor]]]:
@@ -389,6 +591,13 @@ def _bias(states: list[Any], b1: float, b2: float, dt: torch.dtype) -> tuple[
     list[float], list[float], list[State], bool
 ]:
     """Per leaf ``cast(1-βt1)``, ``cast(1-βt2)``, the advanced states, and whether all βt agree."""
+    bts = list(map(_beta_t, states))
+    if len(set(bts)) == 1:  # the usual case, without a per-leaf Python loop
+        bt, n = bts[0], len(bts)
+        e1, e2 = cast(1 - bt[0], dt), cast(1 - bt[1], dt)
+        adv = R._advance(bt, b1, b2, dt)
+        return ([e1] * n, [e2] * n,
+                list(map(R.AdamState, map(_m, states), map(_v, states), repeat(adv, n))), True)
     memo: dict[tuple[float, float], tuple[float, float, tuple[float, float]]] = {}
     d1: list[float] = []
     d2: list[float] = []
@@ -532,36 +741,46 @@ def _native_cache(ws: _Workspace, xs: list[torch.Tensor],
 
 
 def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[torch.Tensor],
-            dxs: list[torch.Tensor]) -> Pending | None:
+            dxs: list[torch.Tensor], known: _Known | None = None) -> Pending | None:
     """A :class:`Pending` running the single-pass native kernel; None if not eligible.
 
     Eligible: every parameter, gradient and state tensor contiguous, and no
     gradient overlapping a parameter or state (then every element's update is
     independent, and the kernel's one pass equals the rule's sequence of passes).
+    ``known`` (from the leaf-set cache) supplies the contiguity, the cached
+    arrays and the gradient addresses instead of reading them from the tensors.
     """
     lib = native.library()
     if lib is None:
         return None
-    if cls is R.Descent:
-        slots: list[list[torch.Tensor]] = []
-    elif cls is R.Momentum:
-        slots = [states]
-    else:
-        slots = [[s.m for s in states], [s.v for s in states]]
-    for x, dx in zip(xs, dxs):
-        if not (x.is_contiguous() and dx.is_contiguous()):
+    if known is not None:
+        if not known.contig:
             return None
-    for ts in slots:
-        for t in ts:
-            if not t.is_contiguous():
+        nc: _NativeCache | None = known.nc
+        gptr = np.array(known.gptr, dtype=np.int64)
+        gsz = known.gsz
+    else:
+        if cls is R.Descent:
+            slots: list[list[torch.Tensor]] = []
+        elif cls is R.Momentum:
+            slots = [states]
+        else:
+            slots = [[s.m for s in states], [s.v for s in states]]
+        for x, dx in zip(xs, dxs):
+            if not (x.is_contiguous() and dx.is_contiguous()):
                 return None
-    nc = _native_cache(ws, xs, slots)
+        for ts in slots:
+            for t in ts:
+                if not t.is_contiguous():
+                    return None
+        nc = _native_cache(ws, xs, slots)
+        gptr = np.array([d.data_ptr() for d in dxs], dtype=np.int64)
+        gsz = None
     if nc is None:
         return None
-    esize = xs[0].element_size()
-    gptr = np.array([d.data_ptr() for d in dxs], dtype=np.int64)
     if nc.lo.size:
-        gsz = np.array([d.numel() for d in dxs], dtype=np.int64) * esize
+        if gsz is None:
+            gsz = np.array([d.numel() for d in dxs], dtype=np.int64) * xs[0].element_size()
         j = np.searchsorted(nc.lo, gptr + gsz, side="left") - 1
         hit = (j >= 0) & (gsz > 0)
         if bool(hit.any()) and bool((nc.hi[j[hit]] > gptr[hit]).any()):
