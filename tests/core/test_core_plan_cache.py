@@ -341,3 +341,31 @@ def test_cache_is_per_thread_and_rule() -> None:
     t.join()
     assert seen[0] is None and seen[1] is not None and seen[1] is not cached(rule)
     assert cached(R.Momentum(0.01, 0.9)) is None
+
+
+def test_defer_interrupts_leaves_other_handlers_and_restores_default() -> None:
+    """``defer_interrupts`` (on the C ``_signal`` functions) keeps the handler semantics."""
+    import os
+    import signal
+
+    from fluxtrain.core.guards import defer_interrupts
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt):
+        with defer_interrupts():
+            assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+            os.kill(os.getpid(), signal.SIGINT)
+            done = True  # reached: the interrupt was held back
+    assert done
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    seen: list[int] = []
+    for handler in (lambda s, f: seen.append(s), signal.SIG_IGN):
+        old = signal.signal(signal.SIGINT, handler)
+        try:
+            with defer_interrupts():
+                assert signal.getsignal(signal.SIGINT) is handler  # left alone
+                os.kill(os.getpid(), signal.SIGINT)
+            assert signal.getsignal(signal.SIGINT) is handler
+        finally:
+            signal.signal(signal.SIGINT, old)
+    assert seen == [signal.SIGINT]
