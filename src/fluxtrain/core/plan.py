@@ -387,6 +387,7 @@ _inference = torch.Tensor.is_inference
 _shape = attrgetter("shape")
 _dtype = attrgetter("dtype")
 _device = attrgetter("device")
+_is_cpu = attrgetter("is_cpu")
 _m = attrgetter("m")
 _v = attrgetter("v")
 _beta_t = attrgetter("beta_t")
@@ -394,10 +395,21 @@ _MAYWRITE = base.maywrite
 _RO = "_fluxtrain_readonly"
 
 
-def _fingerprint(ts: Sequence[Any]) -> tuple[list[Any], ...]:
-    """Type, address, shape, strides, dtype and device of every tensor in ``ts``."""
+def _mode(ts: Sequence[torch.Tensor]) -> tuple[bool, bool]:
+    """(all contiguous, all on the CPU): what :func:`_fingerprint` may read more cheaply."""
+    return all(map(_contig, ts)), all(map(_is_cpu, ts))
+
+
+def _fingerprint(ts: Sequence[Any], mode: tuple[bool, bool]) -> tuple[list[Any], ...]:
+    """Type, address, shape, strides, dtype and device of every tensor in ``ts``.
+
+    With ``mode[0]`` (recorded when all were contiguous) the strides are read as
+    ``is_contiguous()``: same shape and contiguous is all that is used of them.
+    With ``mode[1]`` (all on the CPU) the device is read as ``is_cpu``.
+    """
     return (list(map(type, ts)), list(map(_ptr, ts)), list(map(_shape, ts)),
-            list(map(_stride, ts)), list(map(_dtype, ts)), list(map(_device, ts)))
+            list(map(_contig if mode[0] else _stride, ts)), list(map(_dtype, ts)),
+            list(map(_is_cpu if mode[1] else _device, ts)))
 
 
 def _slots(nstate: int, states: Sequence[Any]) -> list[list[torch.Tensor]]:
@@ -434,14 +446,16 @@ class _Leaves:
     structure, and the gradients.
     """
 
-    __slots__ = ("n", "xfp", "sfp", "ptrs", "numels", "big", "groups")
+    __slots__ = ("n", "xmode", "xfp", "smodes", "sfp", "ptrs", "numels", "big", "groups")
 
     def __init__(self, cls: type, nstate: int, table: dict[Any, Any], thread: int,
                  states: Sequence[Any], xs: Sequence[torch.Tensor], out: list[Pending]) -> None:
         n = self.n = len(xs)
         slots = _slots(nstate, states)  # taken now: the foreach engine may have moved them
-        self.xfp = _fingerprint(xs)
-        self.sfp = [_fingerprint(ts) for ts in slots]
+        self.xmode = _mode(xs)
+        self.xfp = _fingerprint(xs, self.xmode)
+        self.smodes = [_mode(ts) for ts in slots]
+        self.sfp = [_fingerprint(ts, m) for ts, m in zip(slots, self.smodes)]
         self.numels = list(map(torch.Tensor.numel, xs))
         self.ptrs = {p for p, k in zip(self.xfp[1], self.numels) if k}
         self.big = [i for i, x in enumerate(xs) if _big(x, x.device)]
@@ -467,7 +481,7 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
     """:func:`prepare` for a leaf set like ``lc``'s: its result, or ``_MISS`` (check fully)."""
     n = lc.n
     if (len(xs) != n or len(states) != n or len(dxs) != n or maywrite is not _MAYWRITE
-            or _fingerprint(xs) != lc.xfp):
+            or _fingerprint(xs, lc.xmode) != lc.xfp):
         return _MISS
     if nstate == 2:
         if list(map(type, states)).count(R.AdamState) != n:
@@ -476,7 +490,7 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
         if list(map(type, bts)).count(tuple) != n or list(map(len, bts)).count(2) != n:
             return None
     slots = _slots(nstate, states)
-    if [_fingerprint(ts) for ts in slots] != lc.sfp:
+    if [_fingerprint(ts, m) for ts, m in zip(slots, lc.smodes)] != lc.sfp:
         return _MISS
     # maywrite(x), as base.maywrite reads it (both can change without a new fingerprint)
     if any(map(getattr, xs, repeat(_RO), repeat(False))) or any(map(_inference, xs)):
@@ -486,7 +500,8 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
     if types.count(torch.Tensor) + types.count(torch.nn.Parameter) != n:
         return None
     xfp = lc.xfp
-    if (list(map(_dtype, dxs)) != xfp[4] or list(map(_device, dxs)) != xfp[5]
+    if (list(map(_dtype, dxs)) != xfp[4]
+            or list(map(_is_cpu if lc.xmode[1] else _device, dxs)) != xfp[5]
             or list(map(_shape, dxs)) != xfp[2]):
         return None
     dptrs = list(map(_ptr, dxs))
