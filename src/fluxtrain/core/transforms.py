@@ -87,9 +87,20 @@ def _total_norm(grads: Tensors, p: float) -> torch.Tensor:
     )
 
 
+class _WholeTreeRule(AbstractRule):
+    """Base of the rules here: ``whole_tree`` set, and ``apply`` is ``apply_many`` on one
+    leaf (a whole tree of one)."""
+
+    whole_tree: ClassVar[bool] = True
+
+    def apply(self, state: State, x: torch.Tensor, dx: torch.Tensor) -> tuple[State, Step]:
+        states, steps = self.apply_many([state], [x], [dx])
+        return states[0], steps[0]
+
+
 # ---------------------------------------------------------------------------- ClipGlobalNorm
 @dataclasses.dataclass(frozen=True, repr=False)
-class ClipGlobalNorm(AbstractRule):
+class ClipGlobalNorm(_WholeTreeRule):
     """Scale all gradients together so that their joint ``p``-norm is at most ``max_norm``.
 
     One norm over every leaf of the step (the leaves that share this rule
@@ -118,7 +129,6 @@ class ClipGlobalNorm(AbstractRule):
     [0.6, 0.8]
     """
 
-    whole_tree: ClassVar[bool] = True
 
     max_norm: float
     p: float = 2.0
@@ -142,10 +152,6 @@ class ClipGlobalNorm(AbstractRule):
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         return None
-
-    def apply(self, state: State, x: torch.Tensor, dx: torch.Tensor) -> tuple[State, Step]:
-        states, steps = self.apply_many([state], [x], [dx])
-        return states[0], steps[0]
 
     def apply_many(
         self,
@@ -204,7 +210,7 @@ def _all_finite(grads: Tensors) -> bool:
 
 
 @dataclasses.dataclass(frozen=True, repr=False)
-class SkipNonFinite(AbstractRule):
+class SkipNonFinite(_WholeTreeRule):
     """Skip a whole step if any gradient holds NaN or Inf (optax's ``apply_if_finite``).
 
     The opt-in guard against non-finite gradients. If any gradient this rule
@@ -238,7 +244,6 @@ class SkipNonFinite(AbstractRule):
     ([1.0, 2.0], SkipNonFiniteState(skipped=1, consecutive=0))
     """
 
-    whole_tree: ClassVar[bool] = True
 
     max_consecutive: int | None = 10
 
@@ -257,10 +262,6 @@ class SkipNonFinite(AbstractRule):
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         return SkipNonFiniteState(0, 0)
-
-    def apply(self, state: State, x: torch.Tensor, dx: torch.Tensor) -> tuple[State, Step]:
-        states, steps = self.apply_many([state], [x], [dx])
-        return states[0], steps[0]
 
     def apply_many(
         self,
