@@ -87,21 +87,13 @@ def _join(prefix: str, key: Any) -> str:
 
 
 def _param_paths(model: Any) -> list[tuple[str, Any, Any]]:
-    """``(path, leaf object, tensor)`` for every trainable position, ties included, in order."""
+    """``(path, leaf object, kind)`` for every trainable position, ties included, in order."""
     out: list[tuple[str, Any, Any]] = []
-
-    def walk(x: Any, path: str, enabled: bool) -> None:
-        k = T.kind(x)
-        if k == T.TENSOR or k == T.NUMPY:
-            if enabled and T.is_trainable(x, k):
-                out.append((path, x, k))
-            return
-        if k == T.OTHER or not enabled:
-            return
-        for key, child, en in T.children(x, k):
-            walk(child, _join(path, key), en)
-
-    walk(model, "", True)
+    for path, x, k in T.trainable_positions(model):
+        name = ""
+        for key in T.path_keys(path):
+            name = _join(name, key)
+        out.append((name, x, k))
     seen: set[str] = set()
     for p, _, _ in out:
         if p in seen:

@@ -155,11 +155,7 @@ def dotted_path(path: Any) -> str:
     The counterpart of :func:`~fluxtrain.optimisers.tree.format_path`, in the
     spelling of ``named_parameters()``: keys joined by dots, the root ``""``.
     """
-    parts: list[str] = []
-    while path is not None:
-        path, key, _ = path
-        parts.append(str(key))
-    return ".".join(reversed(parts))
+    return ".".join(map(str, T.path_keys(path)))
 
 
 def param_paths(model: Any) -> list[tuple[str, Any]]:
@@ -173,21 +169,7 @@ def param_paths(model: Any) -> list[tuple[str, Any]]:
     >>> [p for p, _ in param_paths({"enc": [w, torch.zeros(1)], "tied": w, "n": 3})]
     ['enc.0', 'enc.1', 'tied']
     """
-    out: list[tuple[str, Any]] = []
-
-    def walk(x: Any, path: Any, enabled: bool) -> None:
-        k = T.kind(x)
-        if k == T.TENSOR or k == T.NUMPY:
-            if enabled and T.is_trainable(x, k):
-                out.append((dotted_path(path), x))
-            return
-        if k == T.OTHER or not enabled:
-            return
-        for key, child, en in T.children(x, k):
-            walk(child, (path, key, k), en)
-
-    walk(model, None, True)
-    return out
+    return [(dotted_path(path), x) for path, x, _ in T.trainable_positions(model)]
 
 
 # ============================================================================ assign

@@ -57,6 +57,8 @@ __all__ = [
     "children",
     "rebuild",
     "format_path",
+    "path_keys",
+    "trainable_positions",
     "tree_equal",
 ]
 
@@ -231,6 +233,45 @@ def rebuild(x: Any, k: int, changes: dict[Any, Any]) -> Any:
 # ---------------------------------------------------------------------------- paths
 # A path is a linked list ``(parent_path, key, parent_kind)``; ``None`` is the root.
 Path = Any
+
+
+def path_keys(path: Path) -> list[Any]:
+    """The keys of ``path`` from the root down (``[]`` for the root itself)."""
+    keys: list[Any] = []
+    while path is not None:
+        path, key, _ = path
+        keys.append(key)
+    keys.reverse()
+    return keys
+
+
+def trainable_positions(model: Any) -> list[tuple[Path, Any, int]]:
+    """``(path, leaf object, kind)`` for every trainable position of ``model``, in walk order.
+
+    A tied parameter appears at each of its positions; the walk is the one
+    ``setup`` makes (disabled children, e.g. ``requires_grad=False`` parameters and
+    dataclass fields with ``metadata={"trainable": False}``, are skipped).
+
+    >>> import torch
+    >>> w = torch.zeros(2)
+    >>> [path_keys(p) for p, _, _ in trainable_positions({"enc": [w], "tied": w, "n": 3})]
+    [['enc', 0], ['tied']]
+    """
+    out: list[tuple[Path, Any, int]] = []
+
+    def walk(x: Any, path: Path, enabled: bool) -> None:
+        k = kind(x)
+        if k == TENSOR or k == NUMPY:
+            if enabled and is_trainable(x, k):
+                out.append((path, x, k))
+            return
+        if k == OTHER or not enabled:
+            return
+        for key, child, en in children(x, k):
+            walk(child, (path, key, k), en)
+
+    walk(model, None, True)
+    return out
 
 
 def format_path(path: Path, root: str = "model") -> str:
