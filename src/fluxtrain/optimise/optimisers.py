@@ -26,7 +26,7 @@ under Flux's field names ``velocity``, ``acc``, ``current``).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, ClassVar
 
 import torch
@@ -270,18 +270,11 @@ def step_many_(
     had = [opt._has_state(x) for x in xs]
     origs = [opt._get_state(x) for x in xs]
     backup: list[Any] = []
-    committed = False
+    committed = [False]  # set inside the commit, before a held-back SIGINT is raised
     try:
         pending = plan.prepare(rule, origs, xs, dxs) if subtract else None
         if pending is not None:
-            with defer_interrupts():  # commit: the whole step, parameters and state
-                new_states = [s for p in pending for s in p.run()]
-                subtract_many_([], [])  # nothing left to subtract: the runs did it
-                order = [xs[i] for p in pending for i in p.idx]
-                for x, s in zip(order, new_states):
-                    opt._put_state(x, s)
-                opt._finish_step()
-                committed = True
+            _commit_fused(opt, pending, lambda i, s: opt._put_state(xs[i], s), committed)
             return [None] * len(xs)
         backup = [clone_state(s) for s in origs]
         new_states, steps = apply_batched(rule, origs, list(xs), list(dxs))
@@ -291,9 +284,9 @@ def step_many_(
             for x, s in zip(xs, new_states):
                 opt._put_state(x, s)
             opt._finish_step()
-            committed = True  # a SIGINT held back above is raised after this
+            committed[0] = True  # a SIGINT held back above is raised after this
     except BaseException:
-        if committed:
+        if committed[0]:
             raise
         with defer_interrupts():
             for x, h, o, b in zip(xs, had, origs, backup or origs):
@@ -375,23 +368,39 @@ def step_fused_(
     pending = plan.prepare(rule, origs, xs, dxs)
     if pending is None:
         return False
-    committed = False
+    done = [False]
+
+    def store(i: int, s: State) -> None:
+        data[keys[i]] = s  # an existing entry: the stored key is kept
+
     try:
-        with defer_interrupts():  # commit: the whole step, parameters and state
-            new_states = [s for p in pending for s in p.run()]
-            subtract_many_([], [])  # nothing left to subtract: the runs did it
-            order = [keys[i] for p in pending for i in p.idx]
-            for k, s in zip(order, new_states):
-                data[k] = s  # an existing entry: the stored key is kept
-            opt._finish_step()
-            committed = True
+        _commit_fused(opt, pending, store, done)
     except BaseException:
-        if not committed:
+        if not done[0]:
             with defer_interrupts():
                 for k, o in zip(keys, origs):
                     data[k] = o
         raise
     return True
+
+
+def _commit_fused(
+    opt: AbstractOptimiser,
+    pending: list[plan.Pending],
+    store: Callable[[int, State], None],
+    done: list[bool],
+) -> None:
+    """The commit of a fused step: run the checked steps (parameters and state in place),
+    ``store(i, state)`` for the ``i``-th leaf given to ``plan.prepare``, finish the step;
+    all with SIGINT deferred. ``done[0]`` is set before a held-back interrupt is raised."""
+    with defer_interrupts():
+        new_states = [s for p in pending for s in p.run()]
+        subtract_many_([], [])  # nothing left to subtract: the runs did it
+        order = [i for p in pending for i in p.idx]
+        for i, s in zip(order, new_states):
+            store(i, s)
+        opt._finish_step()
+        done[0] = True
 
 
 def _forget(opt: AbstractOptimiser, x: torch.Tensor) -> None:
