@@ -340,14 +340,21 @@ def _prepare_full(cls: type, rule: object, nstate: int, table: dict[Any, Any], t
         gxs = [xs[i] for i in idx]
         gst = [states[i] for i in idx]
         gdx = [dxs[i] for i in idx]
-        p = None
-        if dev.type == "cpu" and native.available():
-            p = _native(cls, rule, ws, gst, gxs, gdx)  # None: not eligible this step
-        if p is None:
-            p = _foreach(cls, rule, nstate, ws, gst, gxs, gdx)
-        p.idx = idx
-        out.append(p)
+        out.append(_engine(cls, rule, nstate, ws, dev, idx, gst, gxs, gdx, None))
     return out
+
+
+def _engine(cls: type, rule: object, nstate: int, ws: _Workspace, dev: torch.device,
+            idx: list[int], gst: list[Any], gxs: list[torch.Tensor], gdx: list[torch.Tensor],
+            known: _Known | None) -> Pending:
+    """The step of one checked group: the native kernel where it applies, else foreach."""
+    p = None
+    if dev.type == "cpu" and native.available():
+        p = _native(cls, rule, ws, gst, gxs, gdx, known)  # None: not eligible this step
+    if p is None:
+        p = _foreach(cls, rule, nstate, ws, gst, gxs, gdx)
+    p.idx = idx
+    return p
 
 
 def _big(x: torch.Tensor, dev: torch.device) -> bool:
@@ -530,16 +537,10 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
             gdx = [dxs[i] for i in idx]
             gptr = [dptrs[i] for i in idx]
             gcont = all(dcont[i] for i in idx)
-        p = None
-        if g.dev.type == "cpu" and native.available():
-            ok = g.contig and gcont
-            # g.nc None: not known (native was off, or memory overlaps): _native checks
-            known = _Known(ok, g.nc, gptr, g.gsz) if g.nc is not None or not ok else None
-            p = _native(cls, rule, ws, gst, gxs, gdx, known)
-        if p is None:
-            p = _foreach(cls, rule, nstate, ws, gst, gxs, gdx)
-        p.idx = idx
-        out.append(p)
+        ok = g.contig and gcont
+        # g.nc None: not known (native was off, or memory overlaps): _native checks
+        known = _Known(ok, g.nc, gptr, g.gsz) if g.nc is not None or not ok else None
+        out.append(_engine(cls, rule, nstate, ws, g.dev, idx, gst, gxs, gdx, known))
     return out
 
 
