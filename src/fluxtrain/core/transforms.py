@@ -35,6 +35,7 @@ from fluxtrain.core.rules import (
     SignDecay,
     WeightDecay,
     _grads,
+    _group,
 )
 from fluxtrain.errors import DomainError
 
@@ -47,15 +48,6 @@ __all__ = [
 ]
 
 Tensors = list[torch.Tensor]
-_GroupKey = tuple[torch.device, torch.dtype]
-
-
-def _by_device_dtype(ts: Sequence[torch.Tensor]) -> dict[_GroupKey, list[int]]:
-    """Indices of ``ts`` per (device, dtype), in first-seen order."""
-    groups: dict[_GroupKey, list[int]] = {}
-    for i, t in enumerate(ts):
-        groups.setdefault((t.device, t.dtype), []).append(i)
-    return groups
 
 
 def _total_norm(grads: Tensors, p: float) -> torch.Tensor:
@@ -174,8 +166,8 @@ class ClipGlobalNorm(_WholeTreeRule):
             # torch's expression, op for op: a float over a tensor is reciprocal * float
             coef = torch.clamp(self.max_norm / (total + 1e-6), max=1.0)
             steps: list[Step] = [None] * len(grads)
-            for (device, _), idx in _by_device_dtype(grads).items():
-                out = torch._foreach_mul([grads[i] for i in idx], coef.to(device))
+            for idx in _group([(g.device, g.dtype) for g in grads]):
+                out = torch._foreach_mul([grads[i] for i in idx], coef.to(grads[idx[0]].device))
                 for i, o in zip(idx, out):
                     steps[i] = o
         return list(states), steps
