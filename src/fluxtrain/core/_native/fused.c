@@ -72,19 +72,26 @@ typedef struct {
 /* t1 = dx*c1; m = m*b1; m = m + t1; t2 = dx*dx; t2 = t2*c2; v = v*b2;
  * v = v + t2; s = m/d1; q = v/d2; q = sqrt(q); q = q + eps; s = s/q;
  * s = s*eta; x = x - s */
+
+/* Adam's moment updates (the first seven operations above), shared by the inline-
+ * and the library-sqrt kernels: declares mm and vv, the new m and v of one element
+ * (c1, c2, b1, b2 are the kernel's scalars). */
+#define ADAM_MOMENTS(T, G, M, V, mm, vv)                                       \
+    T dx = (G);                                                                \
+    T t1 = dx * c1;                                                            \
+    T mm = (M) * b1;                                                           \
+    mm = mm + t1;                                                              \
+    T t2 = dx * dx;                                                            \
+    t2 = t2 * c2;                                                              \
+    T vv = (V) * b2;                                                           \
+    vv = vv + t2
+
 #define ADAM(T, SUF, SQRT)                                                     \
     static void adam_##SUF(T *restrict x, const T *restrict g,                 \
                            T *restrict m, T *restrict v, int64_t n, T eta,     \
                            T b1, T b2, T c1, T c2, T eps, T d1, T d2) {        \
         for (int64_t i = 0; i < n; i++) {                                      \
-            T dx = g[i];                                                       \
-            T t1 = dx * c1;                                                    \
-            T mm = m[i] * b1;                                                  \
-            mm = mm + t1;                                                      \
-            T t2 = dx * dx;                                                    \
-            t2 = t2 * c2;                                                      \
-            T vv = v[i] * b2;                                                  \
-            vv = vv + t2;                                                      \
+            ADAM_MOMENTS(T, g[i], m[i], v[i], mm, vv);                         \
             T s = mm / d1;                                                     \
             T q = vv / d2;                                                     \
             q = SQRT(q);                                                       \
@@ -136,14 +143,7 @@ void fluxtrain_set_sqrt(void *f32, void *f64, int64_t mode, void *set_local) {
             T *restrict vp = v + a;                                            \
             T *restrict xp = x + a;                                            \
             for (int64_t i = 0; i < k; i++) {                                  \
-                T dx = gg[i];                                                  \
-                T t1 = dx * c1;                                                \
-                T mm = mp[i] * b1;                                             \
-                mm = mm + t1;                                                  \
-                T t2 = dx * dx;                                                \
-                t2 = t2 * c2;                                                  \
-                T vv = vp[i] * b2;                                             \
-                vv = vv + t2;                                                  \
+                ADAM_MOMENTS(T, gg[i], mp[i], vp[i], mm, vv);                  \
                 mp[i] = mm;                                                    \
                 vp[i] = vv;                                                    \
                 sb[i] = mm / d1;                                               \
