@@ -136,12 +136,24 @@ def _enc_schedule(v: Any, where: str) -> dict[str, Any]:
     return {"type": type(v).__name__, "module": type(v).__module__, "fields": fields}
 
 
+def _saved_class(name: Any, extra: Mapping[str, type], modules: tuple[Any, ...],
+                 base: type) -> type | None:
+    """The class a checkpoint names: the caller's ``rules=`` first, then the built-ins of
+    ``modules``; ``None`` unless it is a subclass of ``base``."""
+    if not isinstance(name, str):
+        return None
+    cls = extra.get(name)
+    for mod in modules:
+        if cls is not None:
+            break
+        cls = getattr(mod, name, None)
+    return cls if isinstance(cls, type) and issubclass(cls, base) else None
+
+
 def _dec_schedule(enc: Any, extra: Mapping[str, type]) -> Any:
     name = enc.get("type") if isinstance(enc, Mapping) else None
-    cls = extra.get(name) if isinstance(name, str) else None
-    if cls is None and isinstance(name, str):
-        cls = getattr(_sched, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, _sched.Schedule)):
+    cls = _saved_class(name, extra, (_sched,), _sched.Schedule)
+    if cls is None:
         raise CheckpointError(
             f"checkpoint: unknown schedule {name!r}; for your own schedules pass them to the "
             f"loader: rules=[{name}]"
@@ -169,12 +181,10 @@ def _enc_rule(rule: Any) -> dict[str, Any]:
 
 def _rule_class(enc: Mapping[str, Any], extra: Mapping[str, type]) -> type:
     name = enc.get("type")
-    cls = extra.get(name) if isinstance(name, str) else None
-    if cls is None and isinstance(name, str):
-        # built-in rules live in two core modules: the per-leaf rules and the
-        # whole-tree transforms (ClipGlobalNorm, SkipNonFinite)
-        cls = getattr(_rules, name, None) or getattr(_transforms, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, AbstractRule)):
+    # built-in rules live in two core modules: the per-leaf rules and the
+    # whole-tree transforms (ClipGlobalNorm, SkipNonFinite)
+    cls = _saved_class(name, extra, (_rules, _transforms), AbstractRule)
+    if cls is None:
         raise CheckpointError(
             f"checkpoint: unknown rule {name!r} (saved from module {enc.get('module')!r}); "
             f"for your own rules pass them to the loader: rules=[{name}]"
