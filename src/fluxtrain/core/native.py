@@ -48,7 +48,7 @@ FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
 #: the same without -march=native, tried if the compiler rejects that flag
 _PORTABLE = tuple(f for f in FLAGS if f != "-march=native")
 #: must match FLUXTRAIN_ABI in fused.c
-ABI = 3
+ABI = 4
 #: MKL VML mode torch passes to vmsSqrt/vmdSqrt: VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
 _VML_MODE = 0x2 | 0x140000 | 0x100
 _SOURCE = Path(__file__).with_name("_native") / "fused.c"
@@ -125,7 +125,9 @@ def _declare(lib: ctypes.CDLL) -> None:
     f.argtypes = [ctypes.c_int, ctypes.c_int, i64, vp, vp, vp, vp, vp, vp, vp, i64,
                   dbl, dbl, dbl, dbl, dbl, dbl, ctypes.c_int, i64]
     lib.fluxtrain_set_sqrt.restype = None
-    lib.fluxtrain_set_sqrt.argtypes = [vp, vp, i64, vp]
+    lib.fluxtrain_set_sqrt.argtypes = [vp, vp, i64, vp, ctypes.c_int]
+    lib.fluxtrain_has_mkl_rsqrt.restype = ctypes.c_int
+    lib.fluxtrain_has_mkl_rsqrt.argtypes = []
     lib.fluxtrain_sqrt.restype = None
     lib.fluxtrain_sqrt.argtypes = [ctypes.c_int, i64, vp, vp]
 
@@ -168,34 +170,43 @@ def _sqrt_probe(dt: Any) -> Any:
 
 
 def _choose_sqrt(lib: ctypes.CDLL) -> tuple[str, str] | str:
-    """Install the sqrt per dtype that reproduces ``torch.sqrt``; names, or an error."""
+    """Install the sqrt per dtype that reproduces ``torch.sqrt``; names, or an error.
+
+    Candidates, fastest first: the IEEE sqrt inline; for float32, MKL's own
+    rsqrt-based algorithm written out in the kernel (``fused.c``; what MKL's SSE
+    path computes, the path it takes on AMD CPUs); MKL's ``vmsSqrt``/``vmdSqrt``
+    called per block. The first that gives torch's bits on every probe input wins.
+    """
     import torch
 
     vml = _torch_vml()
     names = []
-    chosen: list[int | None] = []
+    chosen: list[tuple[int | None, bool]] = []
     for k, dt in enumerate((torch.float32, torch.float64)):
         probe = _sqrt_probe(dt)
         want = probe.sqrt()
         itype = torch.int32 if dt is torch.float32 else torch.int64
+        cands: list[tuple[str, int | None, bool]] = [("IEEE sqrt (inline)", None, False)]
+        if k == 0 and lib.fluxtrain_has_mkl_rsqrt():
+            cands.append(("MKL VML's rsqrt algorithm (inline)", None, True))
+        if vml[k] is not None:
+            cands.append(("MKL VML " + ("vmsSqrt" if k == 0 else "vmdSqrt"), vml[k], False))
         found = None
-        for name, ptr in (("IEEE sqrt (inline)", None),
-                          ("MKL VML " + ("vmsSqrt" if k == 0 else "vmdSqrt"), vml[k])):
-            if name.startswith("MKL") and ptr is None:
-                continue
-            trial = list(chosen) + [ptr] + [None] * (1 - k)
-            lib.fluxtrain_set_sqrt(trial[0], trial[1], _VML_MODE, vml[2])
+        for name, ptr, rsqrt in cands:
+            trial = list(chosen) + [(ptr, rsqrt)] + [(None, False)] * (1 - k)
+            lib.fluxtrain_set_sqrt(trial[0][0], trial[1][0], _VML_MODE, vml[2],
+                                   int(trial[0][1]))
             out = torch.empty_like(probe)
             lib.fluxtrain_sqrt(k, probe.numel(), probe.data_ptr(), out.data_ptr())
             if torch.equal(out.view(itype), want.view(itype)):
-                found = (name, ptr)
+                found = (name, (ptr, rsqrt))
                 break
         if found is None:
-            lib.fluxtrain_set_sqrt(None, None, 0, None)
+            lib.fluxtrain_set_sqrt(None, None, 0, None, 0)
             return f"no square root found that reproduces torch.sqrt for {dt}"
         names.append(found[0])
         chosen.append(found[1])
-    lib.fluxtrain_set_sqrt(chosen[0], chosen[1], _VML_MODE, vml[2])
+    lib.fluxtrain_set_sqrt(chosen[0][0], chosen[1][0], _VML_MODE, vml[2], int(chosen[0][1]))
     return names[0], names[1]
 
 

@@ -10,13 +10,19 @@
  *
  * Square root: torch's CPU sqrt is not always the IEEE one. Builds with MKL
  * compute it with MKL VML's vmsSqrt/vmdSqrt (high-accuracy mode, within 1 ulp
- * but not always correctly rounded). fluxtrain_set_sqrt installs such a
- * function (found in torch's own library by fluxtrain.core.native, which
- * checks that it reproduces torch.sqrt); Adam then works in blocks of BLOCK
- * elements: moments and the two quotients into stack buffers, the library
- * sqrt over the buffer, then the rest of the step. The buffers stay in L1, so
- * memory is still read and written once. Without one, sqrt is the IEEE one,
- * inline, in a single loop.
+ * but not always correctly rounded). fluxtrain_set_sqrt installs one of:
+ *  - the IEEE sqrt, inline, in a single loop (torch without MKL);
+ *  - for float32, SQRT_MKL_RSQRT: MKL's own algorithm written out here (the
+ *    one its SSE code path, taken on this project's AMD hosts, runs: rsqrtps
+ *    and two Newton-style corrections, see mkl_rsqrt_sqrt_f32). rsqrtps is
+ *    not specified bit for bit across CPU makers, so this is only ever
+ *    installed after fluxtrain.core.native has checked it against torch.sqrt
+ *    on this CPU (and tests check it on every float32 input);
+ *  - a library function (MKL's vmsSqrt/vmdSqrt found in torch's own library).
+ * With either of the last two, Adam works in blocks of BLOCK elements:
+ * moments and the two quotients into stack buffers, the sqrt over the buffer,
+ * then the rest of the step. The buffers stay in L1, so memory is still read
+ * and written once.
  *
  * One call updates a whole group of leaves: arrays of per-leaf addresses
  * (x, dx and the state tensors), the cumulative element offsets of the
@@ -29,8 +35,13 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stddef.h>
+#include <string.h>
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define HAVE_MKL_RSQRT 1
+#endif
 
-#define FLUXTRAIN_ABI 3
+#define FLUXTRAIN_ABI 4
 
 int fluxtrain_abi(void) { return FLUXTRAIN_ABI; }
 
@@ -116,28 +127,172 @@ static int64_t vsqrt_mode = 0;
 typedef int (*set_local_t)(int);
 static set_local_t vsqrt_set_local = NULL;
 
+/* float32 square root in use: SQRT_IEEE inline, SQRT_MKL_RSQRT (below), or
+ * SQRT_LIBRARY (vsqrt_f32). float64 has IEEE or a library function. */
+enum { SQRT_IEEE = 0, SQRT_LIBRARY = 1, SQRT_MKL_RSQRT = 2 };
+static int sqrt_kind_f32 = SQRT_IEEE;
+
+/* Whether SQRT_MKL_RSQRT exists in this build (x86 only). */
+int fluxtrain_has_mkl_rsqrt(void) {
+#ifdef HAVE_MKL_RSQRT
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* Install the vector sqrt per dtype (NULL: IEEE sqrt inline) and the MKL
- * thread-local thread-count setter (or NULL). Call before any step. */
-void fluxtrain_set_sqrt(void *f32, void *f64, int64_t mode, void *set_local) {
+ * thread-local thread-count setter (or NULL); f32_rsqrt != 0 installs
+ * SQRT_MKL_RSQRT for float32 instead of f32 (refused where it does not exist).
+ * Call before any step. */
+void fluxtrain_set_sqrt(void *f32, void *f64, int64_t mode, void *set_local,
+                        int f32_rsqrt) {
     vsqrt_f32 = (vsqrt_f32_t)f32;
     vsqrt_f64 = (vsqrt_f64_t)f64;
     vsqrt_mode = mode;
     vsqrt_set_local = (set_local_t)set_local;
+    if (f32_rsqrt && fluxtrain_has_mkl_rsqrt()) {
+        sqrt_kind_f32 = SQRT_MKL_RSQRT;
+        vsqrt_f32 = NULL;
+    } else {
+        sqrt_kind_f32 = vsqrt_f32 ? SQRT_LIBRARY : SQRT_IEEE;
+    }
 }
 
+#ifdef HAVE_MKL_RSQRT
+/* MKL VML's high-accuracy float32 sqrt as its SSE path computes it, operation
+ * for operation (no FMA): r = rsqrt(x); y = x*r; h = r*0.5; t = 0.5 - y*h;
+ * y = y*t + y; h = t*h + h; d = x - y*y; result = d*h + y. Only for "regular"
+ * x, bit patterns 0x00800000..0x7F7FF000 (positive, normal, not near
+ * FLT_MAX); MKL gives every other x the IEEE sqrt, except that a negative
+ * non-NaN x (not -0) gives the positive quiet NaN. */
+#define RSQRT_LO 0x00800000u
+#define RSQRT_HI 0x7F7FF000u
+
+static inline float mkl_rsqrt_irregular(float x, uint32_t b) {
+    if ((b >> 31) && b != 0x80000000u && !isnan(x)) {
+        uint32_t qnan = 0x7fc00000u;
+        float r;
+        memcpy(&r, &qnan, sizeof r);
+        return r;
+    }
+    return sqrtf(x);
+}
+
+static inline float mkl_rsqrt_one(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof b);
+    if (b - RSQRT_LO > RSQRT_HI - RSQRT_LO) return mkl_rsqrt_irregular(x, b);
+    float r = _mm_cvtss_f32(_mm_rsqrt_ss(_mm_set_ss(x)));
+    float y = x * r, h = r * 0.5f;
+    float t = 0.5f - y * h;
+    y = y * t + y;
+    h = t * h + h;
+    float d = x - y * y;
+    return d * h + y;
+}
+
+#define MKL_RSQRT_BODY(V, P, x, out)                                           \
+    V r = _##P##_rsqrt_ps(x);                                                  \
+    V y = _##P##_mul_ps(x, r);                                                 \
+    V h = _##P##_mul_ps(r, half);                                              \
+    V t = _##P##_sub_ps(half, _##P##_mul_ps(y, h));                            \
+    y = _##P##_add_ps(_##P##_mul_ps(y, t), y);                                 \
+    h = _##P##_add_ps(_##P##_mul_ps(t, h), h);                                 \
+    V d = _##P##_sub_ps(x, _##P##_mul_ps(y, y));                               \
+    V out = _##P##_add_ps(_##P##_mul_ps(d, h), y)
+
+/* q[0:n] = sqrt(q[0:n]) as MKL computes it. MKL runs with round-to-nearest
+ * and without flush-to-zero/denormals-are-zero whatever the caller set (its
+ * mode VML_FTZDAZ_OFF), so this does too. */
+static void mkl_rsqrt_sqrt_f32(int64_t n, float *q) {
+    unsigned csr = _mm_getcsr();
+    if ((csr & 0xffc0u) != 0x1f80u) _mm_setcsr((csr & 0xffff003fu) | 0x1f80u);
+    int64_t i = 0;
+#ifdef __AVX__
+    {
+        const __m256 half = _mm256_set1_ps(0.5f), zero = _mm256_setzero_ps();
+        const __m256 lo = _mm256_castsi256_ps(_mm256_set1_epi32((int)RSQRT_LO));
+        const __m256 hi = _mm256_castsi256_ps(_mm256_set1_epi32((int)RSQRT_HI));
+        for (; i + 8 <= n; i += 8) {
+            __m256 x = _mm256_loadu_ps(q + i);
+            MKL_RSQRT_BODY(__m256, mm256, x, res);
+            /* a zero is its own root (common: a gradient entry that stays 0);
+             * ordered compares: NaN is not regular */
+            __m256 iszero = _mm256_cmp_ps(x, zero, _CMP_EQ_OQ);
+            res = _mm256_blendv_ps(res, x, iszero);
+            __m256 ok = _mm256_or_ps(iszero,
+                                     _mm256_and_ps(_mm256_cmp_ps(x, lo, _CMP_GE_OQ),
+                                                   _mm256_cmp_ps(x, hi, _CMP_LE_OQ)));
+            int mask = _mm256_movemask_ps(ok);
+            _mm256_storeu_ps(q + i, res);
+            if (mask != 0xff) {
+                for (int k = 0; k < 8; k++) {
+                    if (mask & (1 << k)) continue;
+                    float xv;
+                    uint32_t b;
+                    memcpy(&xv, (const float *)&x + k, sizeof xv);
+                    memcpy(&b, &xv, sizeof b);
+                    q[i + k] = mkl_rsqrt_irregular(xv, b);
+                }
+            }
+        }
+    }
+#endif
+    {
+        const __m128 half = _mm_set1_ps(0.5f);
+        for (; i + 4 <= n; i += 4) {
+            __m128 x = _mm_loadu_ps(q + i);
+            MKL_RSQRT_BODY(__m128, mm, x, res);
+            float xs[4];
+            _mm_storeu_ps(xs, x);
+            _mm_storeu_ps(q + i, res);
+            for (int k = 0; k < 4; k++) {
+                uint32_t b;
+                memcpy(&b, &xs[k], sizeof b);
+                if (b - RSQRT_LO > RSQRT_HI - RSQRT_LO) q[i + k] = mkl_rsqrt_irregular(xs[k], b);
+            }
+        }
+    }
+    for (; i < n; i++) q[i] = mkl_rsqrt_one(q[i]);
+    if ((csr & 0xffc0u) != 0x1f80u) _mm_setcsr(csr);
+}
+#endif
+
+/* q[0:n] = sqrt(q[0:n]) with the installed float32 square root. */
+static void sqrt_block_f32(int64_t n, float *q) {
+#ifdef HAVE_MKL_RSQRT
+    if (sqrt_kind_f32 == SQRT_MKL_RSQRT) {
+        mkl_rsqrt_sqrt_f32(n, q);
+        return;
+    }
+#endif
+    if (vsqrt_f32) vsqrt_f32((int)n, q, q, vsqrt_mode);
+    else for (int64_t j = 0; j < n; j++) q[j] = sqrtf(q[j]);
+}
+
+static void sqrt_block_f64(int64_t n, double *q) {
+    if (vsqrt_f64) vsqrt_f64((int)n, q, q, vsqrt_mode);
+    else for (int64_t j = 0; j < n; j++) q[j] = sqrt(q[j]);
+}
+
+/* Adam's block length: MKL's vmsSqrt/vmdSqrt is fast only on long calls;
+ * the inline MKL_RSQRT is fastest on short blocks (measured on the 2-core AMD
+ * host: 4096 floats of buffers fill L1 and slow the memory streams down). */
 #ifndef BLOCK
 #define BLOCK 4096
 #endif
+#define RSQRT_BLOCK 256
 
-/* The same as ADAM, in blocks, with the installed library sqrt. */
+/* The same as ADAM, in blocks, with the installed block sqrt. */
 #define ADAM_BLOCKED(T, SUF)                                                   \
     static void adam_blocked_##SUF(T *restrict x, const T *restrict g,         \
                                    T *restrict m, T *restrict v, int64_t n,    \
                                    T eta, T b1, T b2, T c1, T c2, T eps, T d1, \
-                                   T d2) {                                     \
+                                   T d2, int64_t blk) {                        \
         T sb[BLOCK], qb[BLOCK];                                                \
-        for (int64_t a = 0; a < n; a += BLOCK) {                               \
-            int64_t k = n - a < BLOCK ? n - a : BLOCK;                         \
+        for (int64_t a = 0; a < n; a += blk) {                                 \
+            int64_t k = n - a < blk ? n - a : blk;                             \
             const T *restrict gg = g + a;                                      \
             T *restrict mp = m + a;                                            \
             T *restrict vp = v + a;                                            \
@@ -149,7 +304,7 @@ void fluxtrain_set_sqrt(void *f32, void *f64, int64_t mode, void *set_local) {
                 sb[i] = mm / d1;                                               \
                 qb[i] = vv / d2;                                               \
             }                                                                  \
-            vsqrt_##SUF((int)k, qb, qb, vsqrt_mode);                           \
+            sqrt_block_##SUF(k, qb);                                           \
             for (int64_t i = 0; i < k; i++) {                                  \
                 T q = qb[i] + eps;                                             \
                 T s = sb[i] / q;                                               \
@@ -162,32 +317,40 @@ void fluxtrain_set_sqrt(void *f32, void *f64, int64_t mode, void *set_local) {
 ADAM_BLOCKED(float, f32)
 ADAM_BLOCKED(double, f64)
 
-/* out = sqrt(in) with the installed sqrt (to check it against torch.sqrt). */
-void fluxtrain_sqrt(int f64, int64_t n, const void *in, void *out) {
-    int prev = vsqrt_set_local ? vsqrt_set_local(1) : 0;
-    for (int64_t a = 0; a < n; a += BLOCK) {
-        int64_t k = n - a < BLOCK ? n - a : BLOCK;
-        if (f64) {
-            const double *i = (const double *)in + a;
-            double *o = (double *)out + a;
-            if (vsqrt_f64) vsqrt_f64((int)k, i, o, vsqrt_mode);
-            else for (int64_t j = 0; j < k; j++) o[j] = sqrt(i[j]);
-        } else {
-            const float *i = (const float *)in + a;
-            float *o = (float *)out + a;
-            if (vsqrt_f32) vsqrt_f32((int)k, i, o, vsqrt_mode);
-            else for (int64_t j = 0; j < k; j++) o[j] = sqrtf(i[j]);
-        }
-    }
-    if (vsqrt_set_local) vsqrt_set_local(prev);
-}
-
 DESCENT(float, f32)
 DESCENT(double, f64)
 MOMENTUM(float, f32)
 MOMENTUM(double, f64)
 ADAM(float, f32, sqrtf)
 ADAM(double, f64, sqrt)
+
+/* float32 Adam with the installed sqrt. */
+static void adam_any_f32(float *restrict x, const float *restrict g,
+                         float *restrict m, float *restrict v, int64_t n,
+                         float eta, float b1, float b2, float c1, float c2,
+                         float eps, float d1, float d2) {
+    if (sqrt_kind_f32 == SQRT_IEEE)
+        adam_f32(x, g, m, v, n, eta, b1, b2, c1, c2, eps, d1, d2);
+    else
+        adam_blocked_f32(x, g, m, v, n, eta, b1, b2, c1, c2, eps, d1, d2,
+                         sqrt_kind_f32 == SQRT_MKL_RSQRT ? RSQRT_BLOCK : BLOCK);
+}
+
+/* out = sqrt(in) with the installed sqrt (to check it against torch.sqrt). */
+void fluxtrain_sqrt(int f64, int64_t n, const void *in, void *out) {
+    int prev = vsqrt_set_local ? vsqrt_set_local(1) : 0;
+    if (f64) {
+        memmove(out, in, (size_t)n * sizeof(double));
+        for (int64_t a = 0; a < n; a += BLOCK)
+            sqrt_block_f64(n - a < BLOCK ? n - a : BLOCK, (double *)out + a);
+    } else {
+        memmove(out, in, (size_t)n * sizeof(float));
+        for (int64_t a = 0; a < n; a += BLOCK)
+            sqrt_block_f32(n - a < BLOCK ? n - a : BLOCK, (float *)out + a);
+    }
+    if (vsqrt_set_local) vsqrt_set_local(prev);
+}
+
 
 #define PTR(T, arr, k, off) ((T *)(intptr_t)(arr)[k] + (off))
 
@@ -200,10 +363,14 @@ static void leaf_range(const job_t *j, int64_t k, int64_t a, int64_t n) {
         } else if (j->rule == RULE_MOMENTUM) {
             momentum_f64(x, g, PTR(double, j->m, k, a), n, j->eta, j->b1);
         } else {
-            (vsqrt_f64 ? adam_blocked_f64 : adam_f64)(
-                     x, g, PTR(double, j->m, k, a), PTR(double, j->v, k, a), n,
-                     j->eta, j->b1, j->b2, j->c1, j->c2, j->eps,
-                     j->d1[k * j->dstride], j->d2[k * j->dstride]);
+            double *m = PTR(double, j->m, k, a), *v = PTR(double, j->v, k, a);
+            double d1 = j->d1[k * j->dstride], d2 = j->d2[k * j->dstride];
+            if (vsqrt_f64)
+                adam_blocked_f64(x, g, m, v, n, j->eta, j->b1, j->b2, j->c1, j->c2,
+                                 j->eps, d1, d2, BLOCK);
+            else
+                adam_f64(x, g, m, v, n, j->eta, j->b1, j->b2, j->c1, j->c2, j->eps,
+                         d1, d2);
         }
     } else {
         float *x = PTR(float, j->x, k, a);
@@ -214,7 +381,7 @@ static void leaf_range(const job_t *j, int64_t k, int64_t a, int64_t n) {
             momentum_f32(x, g, PTR(float, j->m, k, a), n, (float)j->eta,
                          (float)j->b1);
         } else {
-            (vsqrt_f32 ? adam_blocked_f32 : adam_f32)(
+            adam_any_f32(
                      x, g, PTR(float, j->m, k, a), PTR(float, j->v, k, a), n,
                      (float)j->eta, (float)j->b1, (float)j->b2, (float)j->c1,
                      (float)j->c2, (float)j->eps,
@@ -228,7 +395,7 @@ static void run_job(const job_t *j) {
     int64_t lo = j->lo, hi = j->hi;
     if (lo >= hi) return;
     const int64_t *offs = j->offs;
-    int lib_sqrt = j->rule == RULE_ADAM && (j->f64 ? vsqrt_f64 != NULL : vsqrt_f32 != NULL);
+    int lib_sqrt = j->rule == RULE_ADAM && (j->f64 ? vsqrt_f64 != NULL : sqrt_kind_f32 == SQRT_LIBRARY);
     int prev = lib_sqrt && vsqrt_set_local ? vsqrt_set_local(1) : 0;
     int64_t a = 0, b = j->nleaf; /* last k with offs[k] <= lo */
     while (b - a > 1) {
