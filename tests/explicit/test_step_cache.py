@@ -234,3 +234,32 @@ def test_one_rule_object_for_two_models(rule: str, monkeypatch: pytest.MonkeyPat
 
     fused, general = both(train, monkeypatch)
     assert fused == general
+
+
+def test_cached_walk_with_several_rules_and_odd_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached walk's list-at-once checks (stepplan._collect_untied, interface's
+    _group_by_rule) hand over to the per-position code for everything unusual: two
+    rules, a None branch, a complex parameter, a gradient of another shape (the
+    general walk's error, nothing changed)."""
+
+    def train() -> Any:
+        torch.manual_seed(1)
+        model = {"a": [torch.randn(3), torch.randn(4, 2)], "b": torch.randn(5),
+                 "c": torch.randn(2, dtype=torch.complex64)}
+        st = O.setup({"a.*": O.Adam(0.01), "b": O.Momentum(0.1), "c": O.Descent(0.2)}, model)
+        for k in range(6):
+            g = {"a": [torch.randn(3), torch.randn(4, 2)], "b": torch.randn(5),
+                 "c": torch.randn(2, dtype=torch.complex64)}
+            if k == 2:
+                g["b"] = None
+            if k == 4:
+                bad = dict(g, b=torch.randn(6))
+                before = bits((st, model))
+                with pytest.raises(ValueError, match="shape"):
+                    O.update_(st, model, bad)
+                assert bits((st, model)) == before
+            O.update_(st, model, g)
+        return model, st
+
+    fused, general = both(train, monkeypatch)
+    assert fused == general

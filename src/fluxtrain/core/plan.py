@@ -44,7 +44,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from itertools import repeat
-from operator import attrgetter
+from operator import attrgetter, is_
 from typing import Any
 
 import numpy as np
@@ -450,10 +450,14 @@ class _Leaves:
     arrays and overlap ranges), so it holds for as long as they do. A later
     step with equal fingerprints needs only the per-step checks: writability of
     each parameter (``_fluxtrain_readonly``, inference mode), the Adam state
-    structure, and the gradients.
+    structure, and the gradients. States that are the very objects the last
+    step returned (``last``: the usual case) are checked by their tensors'
+    addresses only, which catches a state tensor re-pointed in place; resizing
+    or re-striding an optimiser state tensor in place is not supported.
     """
 
-    __slots__ = ("n", "xmode", "xfp", "smodes", "sfp", "ptrs", "numels", "big", "groups")
+    __slots__ = ("n", "xmode", "xfp", "smodes", "sfp", "ptrs", "numels", "big", "groups",
+                 "last")
 
     def __init__(self, cls: type, nstate: int, table: dict[Any, Any], thread: int,
                  states: Sequence[Any], xs: Sequence[torch.Tensor], out: list[Pending]) -> None:
@@ -480,6 +484,20 @@ class _Leaves:
                 nc = _native_cache(ws, [xs[i] for i in idx], [[t[i] for i in idx] for t in slots])
             gsz = np.array([self.numels[i] for i in idx], dtype=np.int64) * x0.element_size()
             self.groups.append(_Group(dev, dt, idx, n, contig, nc, gsz))
+        self.last: list[Any] | None = None
+        self.remember(out)
+
+    def remember(self, out: list[Pending]) -> None:
+        """Record the states ``out`` will return (the next step's inputs, once committed).
+
+        A step that is not committed leaves the caller with its old states, which are
+        then not these objects, and the next step checks them in full.
+        """
+        last: list[Any] = [None] * self.n
+        for p in out:
+            for i, s in zip(p.idx, p.states):
+                last[i] = s
+        self.last = last
 
 
 def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict[Any, Any],
@@ -490,15 +508,22 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
     if (len(xs) != n or len(states) != n or len(dxs) != n or maywrite is not _MAYWRITE
             or _fingerprint(xs, lc.xmode) != lc.xfp):
         return _MISS
-    if nstate == 2:
-        if list(map(type, states)).count(R.AdamState) != n:
-            return _MISS
-        bts = list(map(_beta_t, states))
-        if list(map(type, bts)).count(tuple) != n or list(map(len, bts)).count(2) != n:
-            return None
     slots = _slots(nstate, states)
-    if [_fingerprint(ts, m) for ts, m in zip(slots, lc.smodes)] != lc.sfp:
-        return _MISS
+    if nstate and lc.last is not None and all(map(is_, states, lc.last)):
+        # exactly the states this cache's last step returned, made of the tensors whose
+        # fingerprints were checked: only re-pointing one in place (.data =, set_) could
+        # have moved them, which changes its address
+        if [list(map(_ptr, ts)) for ts in slots] != [fp[1] for fp in lc.sfp]:
+            return _MISS
+    else:
+        if nstate == 2:
+            if list(map(type, states)).count(R.AdamState) != n:
+                return _MISS
+            bts = list(map(_beta_t, states))
+            if list(map(type, bts)).count(tuple) != n or list(map(len, bts)).count(2) != n:
+                return None
+        if [_fingerprint(ts, m) for ts, m in zip(slots, lc.smodes)] != lc.sfp:
+            return _MISS
     # maywrite(x), as base.maywrite reads it (both can change without a new fingerprint)
     if any(map(getattr, xs, repeat(_RO), repeat(False))) or any(map(_inference, xs)):
         return None
@@ -541,6 +566,7 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
         # g.nc None: not known (native was off, or memory overlaps): _native checks
         known = _Known(ok, g.nc, gptr, g.gsz) if g.nc is not None or not ok else None
         out.append(_engine(cls, rule, nstate, ws, g.dev, idx, gst, gxs, gdx, known))
+    lc.remember(out)
     return out
 
 

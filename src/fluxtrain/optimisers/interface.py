@@ -40,6 +40,8 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Mapping
+from itertools import repeat
+from operator import attrgetter, is_, itemgetter
 from typing import Any
 
 import torch
@@ -471,26 +473,20 @@ def _apply(acc: _Step) -> dict[int, tuple[Any, Any]]:
 
     Returns ``{id(old parameter object): (old, new)}`` for immutable parameters.
     """
-    groups: dict[int, tuple[AbstractRule, list[list[Any]]]] = {}
-    for ent in acc.entries.values():
-        leaf = ent[0]
-        if ent[1] is None or leaf.frozen:
-            continue
-        grp = groups.get(id(leaf.rule))
-        if grp is None:
-            groups[id(leaf.rule)] = (leaf.rule, [ent])
-        else:
-            grp[1].append(ent)
+    groups = _group_by_rule(list(acc.entries.values()))
     # Plain Descent/Momentum/Adam groups take the fused path (fluxtrain.core.plan):
     # checked now, run entirely inside the commit, so their states need no backup.
     fused: list[tuple[list[list[Any]], list[plan.Pending]]] = []
     for rid, (rule, ents) in list(groups.items()):
-        if not plan.trusted(rule) or any(len(e[2]) != 1 for e in ents):
+        if not plan.trusted(rule):
             continue
-        firsts = [next(iter(e[2].values())) for e in ents]
-        pending = plan.prepare(
-            rule, [e[0].state for e in ents], [f[2] for f in firsts], [e[1] for e in ents]
-        )
+        places = list(map(_places, ents))
+        if list(map(len, places)).count(1) != len(ents):
+            continue
+        leaves = list(map(_leaf_of, ents))
+        pending = plan.prepare(rule, list(map(_state_of, leaves)),
+                               list(map(_tensor_of, map(_only, places))),
+                               list(map(_grad_of, ents)))
         if pending is not None:
             fused.append((ents, pending))
             del groups[rid]
@@ -510,6 +506,42 @@ def _apply(acc: _Step) -> dict[int, tuple[Any, Any]]:
                     restore_state(o, b)
                     leaf.state = o
         raise
+
+
+_leaf_of = itemgetter(0)
+_grad_of = itemgetter(1)
+_places = itemgetter(2)
+_tensor_of = itemgetter(2)
+_state_of = attrgetter("state")
+_rule_of = attrgetter("rule")
+_frozen_of = attrgetter("frozen")
+
+
+def _only(d: dict[int, Any]) -> Any:
+    """The one value of a one-entry dict."""
+    for v in d.values():
+        return v
+
+
+def _group_by_rule(ents: list[list[Any]]) -> dict[int, tuple[AbstractRule, list[list[Any]]]]:
+    """The entries with a gradient and not frozen, by rule object, in first-seen order."""
+    leaves = list(map(_leaf_of, ents))
+    rules = list(map(_rule_of, leaves))
+    if (rules and all(map(is_, rules, repeat(rules[0])))
+            and not any(map(is_, map(_grad_of, ents), repeat(None)))
+            and not any(map(_frozen_of, leaves))):
+        return {id(rules[0]): (rules[0], ents)}  # one rule, every entry: the usual case
+    groups: dict[int, tuple[AbstractRule, list[list[Any]]]] = {}
+    for ent in ents:
+        leaf = ent[0]
+        if ent[1] is None or leaf.frozen:
+            continue
+        grp = groups.get(id(leaf.rule))
+        if grp is None:
+            groups[id(leaf.rule)] = (leaf.rule, [ent])
+        else:
+            grp[1].append(ent)
+    return groups
 
 
 def _apply_steps(
@@ -540,8 +572,12 @@ def _apply_steps(
         core.subtract_many_(sub_x, sub_s)
         for ents, pending in fused:  # the fused rules: whole steps, in place
             for p in pending:
-                for i, s in zip(p.idx, p.run()):
-                    ents[i][0].state = s
+                new = p.run()
+                if len(p.idx) == len(ents):  # one group, in order: the usual case
+                    list(map(setattr, map(_leaf_of, ents), repeat("state"), new))
+                else:
+                    for i, s in zip(p.idx, new):
+                        ents[i][0].state = s
         for leaf, s in new_state.values():
             leaf.state = s
         done[0] = True  # a SIGINT held back here is raised after the commit

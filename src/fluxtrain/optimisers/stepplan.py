@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
-from operator import is_
+from operator import attrgetter, is_
 from typing import Any
 
 import torch
@@ -65,6 +65,8 @@ MAX_STRONG = 4
 _MISSING: Any = object()
 _UNSEEN: Any = object()  # a position the general walk would not reach
 _TENSORS = (torch.Tensor, nn.Parameter)
+_shape = attrgetter("shape")
+_device = attrgetter("device")
 
 # node kinds of the compiled tree
 _LEAF, _NOGRAD, _IGNORE, _SEQ, _DICT, _MOD = range(6)
@@ -156,6 +158,9 @@ class StepPlan:
                     leaf = self.leaves[e]
                     ents[e] = made[id(leaf)] = [leaf, None, self.entries[e], None]
         else:
+            fast = self._collect_untied(gs)
+            if fast is not None:
+                return fast
             ents = [[leaf, None, xs, None] for leaf, xs in zip(self.leaves, self.entries)]
         for p, g in enumerate(gs):
             if g is None or g is _UNSEEN:
@@ -177,6 +182,23 @@ class StepPlan:
         if self.tied:
             return made
         return {id(e[0]): e for e in ents}
+
+
+    def _collect_untied(self, gs: list[Any]) -> dict[int, list[Any]] | None:
+        """:meth:`collect` without ties when every position has a real floating-point
+        gradient of its parameter's shape and device (the usual step), checked list by
+        list; ``None`` where the per-position loop must decide."""
+        types = list(map(type, gs))
+        if types.count(torch.Tensor) + types.count(nn.Parameter) != len(gs):
+            return None
+        params = self.params
+        if (list(map(_shape, gs)) != list(map(_shape, params))
+                or list(map(_device, gs)) != list(map(_device, params))
+                or not all(map(torch.Tensor.is_floating_point, gs))):
+            return None
+        # untied: position p is entry p (build appends both together)
+        ents = list(map(list, zip(self.leaves, gs, self.entries, gs)))
+        return dict(zip(map(id, self.leaves), ents))
 
 
 def _walk(node: Any, g: Any, out: list[Any]) -> bool:
