@@ -36,7 +36,7 @@ def kernel_sqrt(lib: Any, x: torch.Tensor) -> torch.Tensor:
 
 def bit_patterns(lo: int, hi: int) -> torch.Tensor:
     """float32 values with the signed 32-bit patterns lo..hi-1."""
-    return torch.arange(lo, hi, dtype=torch.int64).to(torch.int32).view(torch.float32)
+    return torch.arange(lo, hi, dtype=torch.int32).view(torch.float32)
 
 
 def specials() -> torch.Tensor:
