@@ -86,14 +86,17 @@ def test_sampled_float64(lib: Any) -> None:
 
 @needs_cc
 @pytest.mark.slow
-def test_every_float32(lib: Any) -> None:
-    """All 2**32 float32 inputs, in chunks of 2**24 (about 80 s on the 2-core host)."""
+def test_every_non_negative_float32(lib: Any) -> None:
+    """All 2**31 float32 inputs with the sign bit clear (zeros, subnormals, every normal,
+    infinity, NaNs), in chunks of 2**24: where MKL's formula and its edges are. A negative
+    input has one of three fixed answers (-0, the quieted NaN, +qNaN); those are drawn in
+    the default tests above. About 30 s on the 2-core host."""
     chunk = 1 << 24
-    for k, lo in enumerate(range(-(1 << 31), 1 << 31, chunk)):
+    for k, lo in enumerate(range(0, 1 << 31, chunk)):
         x = bit_patterns(lo, lo + chunk)
         n = chunk - k % 8  # the tail loop too
         got = kernel_sqrt(lib, x[:n]).view(torch.int32)
-        assert torch.equal(got, torch.sqrt(x[:n]).view(torch.int32)), hex(lo & 0xFFFFFFFF)
+        assert torch.equal(got, torch.sqrt(x[:n]).view(torch.int32)), hex(lo)
 
 
 @needs_cc
