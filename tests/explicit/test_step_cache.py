@@ -263,3 +263,36 @@ def test_cached_walk_with_several_rules_and_odd_gradients(monkeypatch: pytest.Mo
 
     fused, general = both(train, monkeypatch)
     assert fused == general
+
+
+@pytest.mark.parametrize("rule", list(RULES))
+def test_whole_step_fast_path_is_taken_and_equal(rule: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """One plain rule on every leaf, nothing frozen, a gradient everywhere: update_
+    hands the whole step to the fused path (stepplan.StepPlan.fused) from the second
+    step on, with the general route's bits; a frozen leaf sends it back to collect."""
+    from fluxtrain.optimisers import stepplan
+
+    taken: list[bool] = []
+    orig = stepplan.StepPlan.fused
+
+    def spy(self: Any, grads: Any, flat: bool) -> Any:
+        out = orig(self, grads, flat)
+        taken.append(out is not None)
+        return out
+
+    def train() -> Any:
+        torch.manual_seed(0)
+        m = Net()
+        st = O.setup(RULES[rule](), m)
+        for k in range(6):
+            if k == 4:
+                O.freeze_(st.a)
+            g = F.gradient(lambda mm, k=k: loss(mm, data(k)), m)[0]
+            O.update_(st, m, g)
+        return m, st
+
+    monkeypatch.setattr(stepplan.StepPlan, "fused", spy)
+    fused, general = both(train, monkeypatch)
+    assert fused == general
+    assert taken[:5] == [True, True, True, False, False]  # steps 2-4 fast; frozen: not

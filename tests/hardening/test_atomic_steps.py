@@ -24,6 +24,7 @@ import torch
 import fluxtrain as F
 from fluxtrain import core
 from fluxtrain import optimisers as O
+from fluxtrain.core import plan
 from fluxtrain.optimise import optimisers as oldopt
 from fluxtrain.optimisers.leaf import Leaf
 from fluxtrain.optimisers.tree import StateTree
@@ -355,14 +356,34 @@ def test_implicit_real_sigint_while_committing(monkeypatch: pytest.MonkeyPatch) 
     assert implicit_snap(m, opt) == implicit_snap(ref_m, ref_opt)  # deferred: fully after
 
 
+def _sigint_during_fused_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    orig = plan.Pending.run
+    fired = [False]
+
+    def run(self: Any) -> Any:
+        if not fired[0]:
+            fired[0] = True
+            os.kill(os.getpid(), signal.SIGINT)  # arrives while the fused step commits
+        return orig(self)
+
+    monkeypatch.setattr(plan.Pending, "run", run)
+
+
 @pytestmark_sig
-def test_explicit_real_sigint_while_committing(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("rule", list(NEW_RULES))
+def test_explicit_real_sigint_while_committing(rule: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adam takes the fused path (the interrupt lands inside its run), the chain the
+    general one (inside the subtraction of the steps)."""
     m = model3()
-    st = F.setup(O.Adam(0.01), m)
+    st = F.setup(NEW_RULES[rule](), m)
     F.update_(st, m, grads_of(m, *DATA[0]))
     g = grads_of(m, *DATA[1])
-    after = explicit_ref("Adam", False, 2)
-    _sigint_during_subtract(monkeypatch, core, "subtract_many_")
+    after = explicit_ref(rule, False, 2)
+    if rule == "Adam":
+        _sigint_during_fused_run(monkeypatch)
+    else:
+        _sigint_during_subtract(monkeypatch, core, "subtract_many_")
     with pytest.raises(KeyboardInterrupt):
         F.update_(st, m, g)
     assert (snap(m), snap(st)) == after  # deferred: fully after

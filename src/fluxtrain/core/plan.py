@@ -638,8 +638,10 @@ def _bias(states: list[Any], b1: float, b2: float, dt: torch.dtype) -> tuple[
         bt, n = bts[0], len(bts)
         e1, e2 = cast(1 - bt[0], dt), cast(1 - bt[1], dt)
         adv = R._advance(bt, b1, b2, dt)
+        # tuple.__new__ builds each AdamState without the Python-level NamedTuple __new__
         return ([e1] * n, [e2] * n,
-                list(map(R.AdamState, map(_m, states), map(_v, states), repeat(adv, n))), True)
+                list(map(tuple.__new__, repeat(R.AdamState),
+                         zip(map(_m, states), map(_v, states), repeat(adv)))), True)
     memo: dict[tuple[float, float], tuple[float, float, tuple[float, float]]] = {}
     d1: list[float] = []
     d2: list[float] = []

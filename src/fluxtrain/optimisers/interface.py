@@ -186,6 +186,10 @@ def update_(state: Any, model: Any, grads: Any) -> tuple[Any, Any]:
     flat = is_module and _is_flat_names(grads)
     step_plan = stepplan.lookup(state, model)
     if step_plan is not None:
+        fused = step_plan.fused(grads, flat)
+        if fused is not None:  # the whole step on the fused path (one rule, checked)
+            _commit_fused(*fused)
+            return state, model
         entries = step_plan.collect(grads, flat)
         if entries is not None:  # the cached walk (fluxtrain.optimisers.stepplan)
             acc = _Step(flat)
@@ -209,6 +213,18 @@ def update_(state: Any, model: Any, grads: Any) -> tuple[Any, Any]:
     elif step_plan is None:  # the structure is known good now: cache it for the next step
         stepplan.store(state, model, stepplan.build(state, model))
     return state, model
+
+
+def _commit_fused(leaves: list[Leaf], pending: list[plan.Pending]) -> None:
+    """Run checked fused steps and store the new states, together, SIGINT deferred."""
+    with defer_interrupts():
+        for p in pending:
+            new = p.run()
+            if len(p.idx) == len(leaves):  # one group, in order: the usual case
+                list(map(setattr, leaves, repeat("state"), new))
+            else:
+                for i, s in zip(p.idx, new):
+                    leaves[i].state = s
 
 
 def _is_flat_names(grads: Any) -> bool:
@@ -571,13 +587,14 @@ def _apply_steps(
     with defer_interrupts():  # commit: parameters and states together
         core.subtract_many_(sub_x, sub_s)
         for ents, pending in fused:  # the fused rules: whole steps, in place
+            leaves = list(map(_leaf_of, ents))
             for p in pending:
                 new = p.run()
-                if len(p.idx) == len(ents):  # one group, in order: the usual case
-                    list(map(setattr, map(_leaf_of, ents), repeat("state"), new))
+                if len(p.idx) == len(leaves):  # one group, in order: the usual case
+                    list(map(setattr, leaves, repeat("state"), new))
                 else:
                     for i, s in zip(p.idx, new):
-                        ents[i][0].state = s
+                        leaves[i].state = s
         for leaf, s in new_state.values():
             leaf.state = s
         done[0] = True  # a SIGINT held back here is raised after the commit

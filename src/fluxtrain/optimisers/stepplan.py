@@ -19,6 +19,12 @@ The next ``update_`` on the same pair then
    parameter's shape and device, containers of the model's kinds, ``None``
    for skipped parts, and flat ``named_parameters`` mappings.
 
+For the usual step (one plain Descent/Momentum/Adam rule object on every leaf,
+nothing frozen or tied, a tensor gradient everywhere), :meth:`StepPlan.fused`
+goes further and hands the whole step to ``fluxtrain.core.plan.prepare``, whose
+checks of parameters, states and gradients include everything step 2 checks, so
+that ``update_`` neither builds per-leaf entries nor groups them.
+
 Anything else (a stale structure, a gradient of another shape, numpy
 gradients, a missing entry...) returns ``None`` and ``update_`` runs its
 general walk, which raises the usual errors with the usual text before
@@ -46,6 +52,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
+from itertools import repeat
 from operator import attrgetter, is_
 from typing import Any
 
@@ -53,6 +60,7 @@ import torch
 from torch import nn
 
 from fluxtrain import core
+from fluxtrain.core import plan
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.leaf import Leaf
 from fluxtrain.optimisers.tree import StateTree
@@ -67,6 +75,9 @@ _UNSEEN: Any = object()  # a position the general walk would not reach
 _TENSORS = (torch.Tensor, nn.Parameter)
 _shape = attrgetter("shape")
 _device = attrgetter("device")
+_rule_of = attrgetter("rule")
+_frozen_of = attrgetter("frozen")
+_state_of = attrgetter("state")
 
 # node kinds of the compiled tree
 _LEAF, _NOGRAD, _IGNORE, _SEQ, _DICT, _MOD = range(6)
@@ -183,6 +194,35 @@ class StepPlan:
             return made
         return {id(e[0]): e for e in ents}
 
+
+    def fused(self, grads: Any, flat: bool) -> list[Any] | None:
+        """The fused-path inputs of a step, if the whole step can take it; else ``None``.
+
+        For the usual step: no ties, one plain Descent/Momentum/Adam rule object on
+        every leaf, none frozen, a tensor gradient everywhere, and
+        ``fluxtrain.core.plan.prepare`` accepting the leaf set (its checks of the
+        parameters, states and gradients are a superset of :meth:`collect`'s for
+        such a step). Returns ``[leaves, pending]``: run every ``Pending`` and store
+        the states in the leaves, in one commit. ``None``: take :meth:`collect`
+        (nothing has been changed or checked for good).
+        """
+        if self.root is None or self.tied or not self.leaves:
+            return None
+        leaves = self.leaves
+        rule = leaves[0].rule
+        if (not all(map(is_, map(_rule_of, leaves), repeat(rule)))
+                or any(map(_frozen_of, leaves)) or not plan.trusted(rule)):
+            return None
+        gs = self.gather(grads, flat)
+        if gs is None:
+            return None
+        types = list(map(type, gs))
+        if types.count(torch.Tensor) + types.count(nn.Parameter) != len(gs):
+            return None  # a None branch or another type: the per-position checks
+        pending = plan.prepare(rule, list(map(_state_of, leaves)), self.params, gs)
+        if pending is None:
+            return None
+        return [leaves, pending]
 
     def _collect_untied(self, gs: list[Any]) -> dict[int, list[Any]] | None:
         """:meth:`collect` without ties when every position has a real floating-point
