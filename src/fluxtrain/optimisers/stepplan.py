@@ -76,6 +76,7 @@ _TENSORS = (torch.Tensor, nn.Parameter)
 _shape = attrgetter("shape")
 _device = attrgetter("device")
 _rule_of = attrgetter("rule")
+_requires_grad = attrgetter("requires_grad")
 _frozen_of = attrgetter("frozen")
 _state_of = attrgetter("state")
 
@@ -87,7 +88,8 @@ class StepPlan:
     """The recorded structure of one ``(state, model)`` pair (see the module docs)."""
 
     __slots__ = ("model", "root", "seqs", "dicts", "mods", "params", "is_param",
-                 "leaves", "pos_entry", "entries", "names", "npos", "tied", "__weakref__")
+                 "leaves", "pos_entry", "entries", "names", "npos", "tied", "trained",
+                 "__weakref__")
 
     def __init__(self) -> None:
         self.model: Any = None
@@ -104,6 +106,7 @@ class StepPlan:
         self.names: dict[str, int] = {}  # flat parameter name -> trainable position
         self.npos = 0
         self.tied = False  # some Leaf sits at several positions (tied weights)
+        self.trained: list[torch.Tensor] = []  # the Parameters among params (requires_grad)
 
     # ------------------------------------------------------------------ checks
     def valid(self) -> bool:
@@ -122,10 +125,11 @@ class StepPlan:
                 or tuple(p) != pk or tuple(s) != mk
             ):
                 return False
-        for x, isp in zip(self.params, self.is_param):
-            if not (x.is_floating_point() or x.is_complex()) or (isp and not x.requires_grad):
+        params = self.params
+        if not all(map(torch.Tensor.is_floating_point, params)):  # list at once; else per leaf
+            if not all(x.is_floating_point() or x.is_complex() for x in params):
                 return False
-        return True
+        return all(map(_requires_grad, self.trained))
 
     # ------------------------------------------------------------------ gradients
     def gather(self, grads: Any, flat: bool) -> list[Any] | None:
@@ -292,6 +296,7 @@ def build(state: Any, model: Any) -> StepPlan | None:
         return None
     plan.model = model
     plan.npos = len(plan.params)
+    plan.trained = [x for x, isp in zip(plan.params, plan.is_param) if isp]
     return plan
 
 
