@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 import torch
-from test_core_native import Route, check_equal, needs_cc, values
+from test_core_native import Route, check_equal, needs_cc, run_py, values
 
 from fluxtrain.core import native
 from fluxtrain.core import rules as R
@@ -99,29 +99,57 @@ def test_every_non_negative_float32(lib: Any) -> None:
         assert torch.equal(got, torch.sqrt(x[:n]).view(torch.int32)), hex(lo)
 
 
+FTZ_CHECK = """
+import sys, torch
+from fluxtrain.core import native, plan
+from fluxtrain.core import rules as R
+assert native.available(), native.why_unavailable()
+if not torch.set_flush_denormal(True):
+    print("unsupported"); sys.exit(0)
+size = int(sys.argv[1])
+g = torch.Generator().manual_seed(5)
+def values(seed):
+    gg = torch.Generator().manual_seed(seed)
+    return torch.randn(size, generator=gg) * 10.0 ** torch.randint(-6, 4, (size,), generator=gg)
+rule = R.Adam(0.01, (0.5, 0.7), 1e-38)
+x0 = values(1) * 1e-30
+xa, xn = x0.clone(), x0.clone()
+sa, sn = rule.init(xa), rule.init(xn)
+for k in range(3):
+    dx = values(50 + k) * 1e-20
+    # the truth on this thread alone: torch's pool threads keep whatever mode they
+    # were started with, so torch's own parallel result would depend on their age
+    torch.set_num_threads(1)
+    sa, step = rule.apply(sa, xa, dx)
+    with torch.no_grad():
+        xa.sub_(step)
+    torch.set_num_threads(4)  # the kernel's own threads take this thread's mode
+    [p] = plan.prepare(rule, [sn], [xn], [dx])
+    [sn] = p.run()
+    for a, b in ((xa, xn), (sa.m, sn.m), (sa.v, sn.v)):
+        assert torch.equal(a.isnan(), b.isnan())
+        keep = ~a.isnan()
+        assert torch.equal(a[keep].view(torch.int32), b[keep].view(torch.int32)), k
+print("ok")
+"""
+
+
 @needs_cc
 @pytest.mark.parametrize("size", [1001, 700_001])
-def test_adam_under_flush_denormal(size: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_adam_under_flush_denormal(size: int) -> None:
     """With torch.set_flush_denormal(True) torch's arithmetic flushes subnormals but
     MKL's sqrt does not (it sets its own mode); the kernel must do the same, on its
-    worker threads too (700k elements: several threads' shares)."""
+    worker threads too (700k elements: several threads' shares). In a child process:
+    torch's worker threads keep the mode they were started with, which would leak
+    into later tests."""
     if not native.available():
         pytest.skip(native.why_unavailable())
-    if not torch.set_flush_denormal(True):
+    res = run_py(FTZ_CHECK.replace("sys.argv[1]", repr(str(size))), {})
+    assert res.returncode == 0, res.stderr
+    out = res.stdout.strip()
+    if out == "unsupported":
         pytest.skip("this CPU cannot flush denormals")
-    try:
-        torch.set_num_threads(4)
-        xs = [values(size, torch.float32, 5, wild=False) * 1e-30]
-        rule = R.Adam(0.01, (0.5, 0.7), 1e-38)
-        routes = [Route(rule, xs, how) for how in ("apply", "native")]
-        for k in range(3):
-            grads = [values(size, torch.float32, 50 + k) * 1e-20]
-            for r in routes:
-                r.step(grads, [0], monkeypatch)
-            check_equal(routes)
-    finally:
-        torch.set_flush_denormal(False)
-        torch.set_num_threads(1)
+    assert out == "ok", res.stdout + res.stderr
 
 
 class _Perturbed:
@@ -157,3 +185,36 @@ def test_choice_moves_on_when_the_inline_algorithm_differs(lib: Any) -> None:
         assert torch.equal(kernel_sqrt(lib, x).view(torch.int32), x.sqrt().view(torch.int32))
     finally:
         native._choose_sqrt(lib)  # put back what this CPU chose
+
+
+@needs_cc
+@pytest.mark.parametrize("n", [20_011, 700_001])
+def test_adam_kernel_on_every_kind_of_quotient(n: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Adam's one-pass kernel takes the square root of v/(1-βt2) in registers: second
+    moments drawn from every float32 bit pattern (so quotients that are zero, subnormal,
+    normal, near FLT_MAX, infinite, NaN and negative) give the rule core's bits."""
+    if not native.available():
+        pytest.skip(native.why_unavailable())
+    torch.set_num_threads(4)
+    try:
+        g = torch.Generator().manual_seed(n)
+        v = torch.randint(-(1 << 31), 1 << 31, (n,), generator=g, dtype=torch.int64)
+        v = v.to(torch.int32).view(torch.float32).clone()
+        v[:: 7] = v[:: 7].abs()  # more positive values: the regular case too
+        v[:: 11] = 0.0
+        sp = specials()
+        v[: sp.numel()] = sp
+        rule = R.Adam(0.01)
+        xs = [values(n, torch.float32, 1, wild=False)]
+        routes = [Route(rule, xs, how) for how in ("apply", "native")]
+        m = values(n, torch.float32, 2, wild=False)
+        for r in routes:
+            r.states[0] = R.AdamState(m.clone(), v.clone(), r.states[0].beta_t)
+        for k in range(2):
+            grads = [values(n, torch.float32, 30 + k)]
+            grads[0][::2] = 0.0  # there v/(1-βt2) is exactly v*β2/(1-βt2): every class
+            for r in routes:
+                r.step(grads, [0], monkeypatch)
+            check_equal(routes)
+    finally:
+        torch.set_num_threads(1)

@@ -19,10 +19,11 @@
  *    installed after fluxtrain.core.native has checked it against torch.sqrt
  *    on this CPU (and tests check it on every float32 input);
  *  - a library function (MKL's vmsSqrt/vmdSqrt found in torch's own library).
- * With either of the last two, Adam works in blocks of BLOCK elements:
- * moments and the two quotients into stack buffers, the sqrt over the buffer,
- * then the rest of the step. The buffers stay in L1, so memory is still read
- * and written once.
+ * With SQRT_MKL_RSQRT on AVX-512 and under MKL's floating-point mode, Adam is
+ * one pass with the sqrt in registers (adam_rsqrt_f32). Otherwise, with either
+ * of the last two, Adam works in blocks: moments and the two quotients into
+ * stack buffers, the sqrt over the buffer, then the rest of the step. The
+ * buffers stay in L1, so memory is still read and written once.
  *
  * One call updates a whole group of leaves: arrays of per-leaf addresses
  * (x, dx and the state tensors), the cumulative element offsets of the
@@ -324,6 +325,76 @@ MOMENTUM(double, f64)
 ADAM(float, f32, sqrtf)
 ADAM(double, f64, sqrt)
 
+#if defined(HAVE_MKL_RSQRT) && defined(__AVX512F__) && defined(__AVX512DQ__)
+#define HAVE_ADAM_RSQRT_FUSED 1
+/* The scalar ADAM loop with MKL's algorithm, for the last n % 16 elements. */
+ADAM(float, rsqrt_tail_f32, mkl_rsqrt_one)
+
+/* ADAM with SQRT_MKL_RSQRT in one pass, 16 lanes at a time (AVX-512; the
+ * 12-bit rsqrt exists only for 8 lanes, so it is taken on the two halves):
+ * the same IEEE operations in the same order as ADAM (a + b and b + a are the
+ * same bits), MKL's sqrt in registers. A zero quotient is its own root; lanes
+ * outside MKL's formula take the scalar irregular case. Only under MKL's mode
+ * (round to nearest, no FTZ/DAZ; the caller checks), which must then hold for
+ * every operation here. */
+static void adam_rsqrt_f32(float *restrict x, const float *restrict g,
+                           float *restrict m, float *restrict v, int64_t n,
+                           float eta, float b1, float b2, float c1, float c2,
+                           float eps, float d1, float d2) {
+    const __m512 half = _mm512_set1_ps(0.5f), zero = _mm512_setzero_ps();
+    const __m512 lo = _mm512_castsi512_ps(_mm512_set1_epi32((int)RSQRT_LO));
+    const __m512 hi = _mm512_castsi512_ps(_mm512_set1_epi32((int)RSQRT_HI));
+    const __m512 vc1 = _mm512_set1_ps(c1), vb1 = _mm512_set1_ps(b1);
+    const __m512 vc2 = _mm512_set1_ps(c2), vb2 = _mm512_set1_ps(b2);
+    const __m512 vd1 = _mm512_set1_ps(d1), vd2 = _mm512_set1_ps(d2);
+    const __m512 veps = _mm512_set1_ps(eps), veta = _mm512_set1_ps(eta);
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m512 dx = _mm512_loadu_ps(g + i);
+        __m512 t1 = _mm512_mul_ps(dx, vc1);
+        __m512 mm = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(m + i), vb1), t1);
+        __m512 t2 = _mm512_mul_ps(_mm512_mul_ps(dx, dx), vc2);
+        __m512 vv = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(v + i), vb2), t2);
+        __m512 s = _mm512_div_ps(mm, vd1);
+        __m512 q = _mm512_div_ps(vv, vd2);
+        __m256 rlo = _mm256_rsqrt_ps(_mm512_castps512_ps256(q));
+        __m256 rhi = _mm256_rsqrt_ps(_mm512_extractf32x8_ps(q, 1));
+        __m512 r = _mm512_insertf32x8(_mm512_castps256_ps512(rlo), rhi, 1);
+        __m512 y = _mm512_mul_ps(q, r);
+        __m512 h = _mm512_mul_ps(r, half);
+        __m512 t = _mm512_sub_ps(half, _mm512_mul_ps(y, h));
+        y = _mm512_add_ps(_mm512_mul_ps(y, t), y);
+        h = _mm512_add_ps(_mm512_mul_ps(t, h), h);
+        __m512 d = _mm512_sub_ps(q, _mm512_mul_ps(y, y));
+        __m512 root = _mm512_add_ps(_mm512_mul_ps(d, h), y);
+        __mmask16 z = _mm512_cmp_ps_mask(q, zero, _CMP_EQ_OQ);
+        root = _mm512_mask_mov_ps(root, z, q);
+        __mmask16 ok = z | (_mm512_cmp_ps_mask(q, lo, _CMP_GE_OQ) &
+                            _mm512_cmp_ps_mask(q, hi, _CMP_LE_OQ));
+        if (ok != 0xffff) {
+            float qs[16], rs[16];
+            _mm512_storeu_ps(qs, q);
+            _mm512_storeu_ps(rs, root);
+            for (int k = 0; k < 16; k++) {
+                if (ok & (1u << k)) continue;
+                uint32_t b;
+                memcpy(&b, &qs[k], sizeof b);
+                rs[k] = mkl_rsqrt_irregular(qs[k], b);
+            }
+            root = _mm512_loadu_ps(rs);
+        }
+        root = _mm512_add_ps(root, veps);
+        s = _mm512_mul_ps(_mm512_div_ps(s, root), veta);
+        _mm512_storeu_ps(m + i, mm);
+        _mm512_storeu_ps(v + i, vv);
+        _mm512_storeu_ps(x + i, _mm512_sub_ps(_mm512_loadu_ps(x + i), s));
+    }
+    if (i < n)
+        adam_rsqrt_tail_f32(x + i, g + i, m + i, v + i, n - i, eta, b1, b2, c1, c2,
+                            eps, d1, d2);
+}
+#endif
+
 /* float32 Adam with the installed sqrt. */
 static void adam_any_f32(float *restrict x, const float *restrict g,
                          float *restrict m, float *restrict v, int64_t n,
@@ -331,6 +402,10 @@ static void adam_any_f32(float *restrict x, const float *restrict g,
                          float eps, float d1, float d2) {
     if (sqrt_kind_f32 == SQRT_IEEE)
         adam_f32(x, g, m, v, n, eta, b1, b2, c1, c2, eps, d1, d2);
+#ifdef HAVE_ADAM_RSQRT_FUSED
+    else if (sqrt_kind_f32 == SQRT_MKL_RSQRT && (_mm_getcsr() & 0xffc0u) == 0x1f80u)
+        adam_rsqrt_f32(x, g, m, v, n, eta, b1, b2, c1, c2, eps, d1, d2);
+#endif
     else
         adam_blocked_f32(x, g, m, v, n, eta, b1, b2, c1, c2, eps, d1, d2,
                          sqrt_kind_f32 == SQRT_MKL_RSQRT ? RSQRT_BLOCK : BLOCK);
