@@ -44,9 +44,12 @@ log = logging.getLogger(__name__)
 #: compiler flags: -ffp-contract=off (no FMA contraction) and no -ffast-math keep
 #: every operation a separate IEEE operation; -fno-math-errno lets sqrt vectorise
 FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-math-errno",
-         "-shared", "-fPIC", "-pthread")
-#: the same without -march=native, tried if the compiler rejects that flag
-_PORTABLE = tuple(f for f in FLAGS if f != "-march=native")
+         "-shared", "-fPIC", "-pthread", "-fopenmp")
+#: -fopenmp: the kernel's threads are then torch's own OpenMP workers (the process's
+#: libgomp, which torch loaded); the builds tried, in order, if the compiler rejects a flag
+_VARIANTS = (FLAGS, tuple(f for f in FLAGS if f != "-fopenmp"),
+             tuple(f for f in FLAGS if f != "-march=native"),
+             tuple(f for f in FLAGS if f not in ("-march=native", "-fopenmp")))
 #: must match FLUXTRAIN_ABI in fused.c
 ABI = 4
 #: MKL VML mode torch passes to vmsSqrt/vmdSqrt: VML_HA | VML_FTZDAZ_OFF | VML_ERRMODE_IGNORE
@@ -265,7 +268,7 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     except (OSError, RuntimeError) as exc:
         return None, str(exc)
     errors = []
-    for flags in (FLAGS, _PORTABLE):
+    for flags in _VARIANTS:
         key = hashlib.sha256(
             b"\0".join([src, " ".join(cc).encode(), " ".join(flags).encode(), version.encode(),
                         platform.machine().encode(), _cpu_features().encode(),
@@ -293,6 +296,8 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
             why = _selfcheck(lib)
             if why is None:
                 _state["sqrt"] = sq
+                _state["threads"] = ("OpenMP (the process's, shared with torch)"
+                                     if "-fopenmp" in flags else "POSIX threads")
                 return lib, ""
             errors.append(why)
             break
@@ -322,7 +327,8 @@ def describe() -> str:
     if library() is None:
         return f"native kernel unavailable: {why_unavailable()}"
     f32, f64 = _state["sqrt"]
-    return f"native kernel in use; sqrt: float32 {f32}, float64 {f64}"
+    return (f"native kernel in use; sqrt: float32 {f32}, float64 {f64}; "
+            f"threads: {_state['threads']}")
 
 
 def available() -> bool:

@@ -28,8 +28,10 @@
  * One call updates a whole group of leaves: arrays of per-leaf addresses
  * (x, dx and the state tensors), the cumulative element offsets of the
  * leaves (n + 1 entries) and per-leaf bias corrections (Adam). The elements
- * are split evenly over up to `nthreads` POSIX threads (made per call; the
- * calling thread does one share), at least `min_per_thread` each.
+ * are split evenly over up to `nthreads` threads, at least `min_per_thread`
+ * each: built with -fopenmp, the process's OpenMP pool (torch's own workers);
+ * otherwise POSIX threads made per call (the calling thread does one share).
+ * Every share runs in the caller's floating-point mode.
  * No torch headers: this file compiles in well under a second.
  */
 #include <math.h>
@@ -56,6 +58,7 @@ typedef struct {
     int64_t dstride;
     double eta, b1, b2, c1, c2, eps;
     int64_t lo, hi;
+    unsigned csr; /* the caller's MXCSR control bits (x86), for every thread */
 } job_t;
 
 /* s = dx*eta; x = x - s */
@@ -469,6 +472,14 @@ static void leaf_range(const job_t *j, int64_t k, int64_t a, int64_t n) {
 static void run_job(const job_t *j) {
     int64_t lo = j->lo, hi = j->hi;
     if (lo >= hi) return;
+#ifdef HAVE_MKL_RSQRT
+    /* a worker thread computes in the caller's floating-point mode (flush-to-zero,
+     * rounding), as the caller's own torch operations would on its thread; OpenMP
+     * pool threads otherwise keep the mode they were started with */
+    unsigned own = _mm_getcsr();
+    int switched = (own & 0xffc0u) != j->csr;
+    if (switched) _mm_setcsr((own & 0x3fu) | j->csr);
+#endif
     const int64_t *offs = j->offs;
     int lib_sqrt = j->rule == RULE_ADAM && (j->f64 ? vsqrt_f64 != NULL : sqrt_kind_f32 == SQRT_LIBRARY);
     int prev = lib_sqrt && vsqrt_set_local ? vsqrt_set_local(1) : 0;
@@ -483,12 +494,17 @@ static void run_job(const job_t *j) {
         if (e > s) leaf_range(j, k, s - offs[k], e - s);
     }
     if (lib_sqrt && vsqrt_set_local) vsqrt_set_local(prev);
+#ifdef HAVE_MKL_RSQRT
+    if (switched) _mm_setcsr(own);
+#endif
 }
 
+#ifndef _OPENMP
 static void *thread_main(void *arg) {
     run_job((const job_t *)arg);
     return NULL;
 }
+#endif
 
 #define MAX_THREADS 256
 
@@ -517,12 +533,31 @@ void fluxtrain_step(int rule, int f64, int64_t nleaf, const int64_t *x,
         j->x = x; j->g = g; j->m = m; j->v = v; j->offs = offs;
         j->d1 = d1; j->d2 = d2; j->dstride = dstride;
         j->eta = eta; j->b1 = b1; j->b2 = b2; j->c1 = c1; j->c2 = c2; j->eps = eps;
+#ifdef HAVE_MKL_RSQRT
+        j->csr = _mm_getcsr() & 0xffc0u;
+#else
+        j->csr = 0;
+#endif
         /* boundaries on multiples of 16 elements: whole cache lines per thread */
         int64_t end = t + 1 == nt ? total : (total / nt * (t + 1)) & ~(int64_t)15;
         if (end < prev) end = prev;
         j->lo = prev; j->hi = end;
         prev = end;
     }
+#ifdef _OPENMP
+    /* Built with -fopenmp, this library uses the process's libgomp, the one torch
+     * loaded: torch's own worker threads, which spin for a while after each of
+     * torch's parallel operations, take the shares at once (threads of our own
+     * would compete with them for the cores). */
+    (void)tids;
+    (void)started;
+    if (nt > 1) {
+#pragma omp parallel for num_threads((int)nt) schedule(static, 1)
+        for (int64_t t = 0; t < nt; t++) run_job(&jobs[t]);
+        return;
+    }
+    run_job(&jobs[0]);
+#else
     for (int64_t t = 1; t < nt; t++)
         started[t] = pthread_create(&tids[t], NULL, thread_main, &jobs[t]) == 0;
     run_job(&jobs[0]);
@@ -530,4 +565,5 @@ void fluxtrain_step(int rule, int f64, int64_t nleaf, const int64_t *x,
         if (started[t]) pthread_join(tids[t], NULL);
         else run_job(&jobs[t]);
     }
+#endif
 }
