@@ -218,13 +218,18 @@ def update_(state: Any, model: Any, grads: Any) -> tuple[Any, Any]:
 def _commit_fused(leaves: list[Leaf], pending: list[plan.Pending]) -> None:
     """Run checked fused steps and store the new states, together, SIGINT deferred."""
     with defer_interrupts():
-        for p in pending:
-            new = p.run()
-            if len(p.idx) == len(leaves):  # one group, in order: the usual case
-                list(map(setattr, leaves, repeat("state"), new))
-            else:
-                for i, s in zip(p.idx, new):
-                    leaves[i].state = s
+        _run_fused(leaves, pending)
+
+
+def _run_fused(leaves: list[Leaf], pending: list[plan.Pending]) -> None:
+    """Run checked fused steps over ``leaves`` and store their new states (inside a commit)."""
+    for p in pending:
+        new = p.run()
+        if len(p.idx) == len(leaves):  # one group, in order: the usual case
+            list(map(setattr, leaves, repeat("state"), new))
+        else:
+            for i, s in zip(p.idx, new):
+                leaves[i].state = s
 
 
 def _is_flat_names(grads: Any) -> bool:
@@ -587,14 +592,7 @@ def _apply_steps(
     with defer_interrupts():  # commit: parameters and states together
         core.subtract_many_(sub_x, sub_s)
         for ents, pending in fused:  # the fused rules: whole steps, in place
-            leaves = list(map(_leaf_of, ents))
-            for p in pending:
-                new = p.run()
-                if len(p.idx) == len(leaves):  # one group, in order: the usual case
-                    list(map(setattr, leaves, repeat("state"), new))
-                else:
-                    for i, s in zip(p.idx, new):
-                        leaves[i].state = s
+            _run_fused(list(map(_leaf_of, ents)), pending)
         for leaf, s in new_state.values():
             leaf.state = s
         done[0] = True  # a SIGINT held back here is raised after the commit
