@@ -172,6 +172,10 @@ void fluxtrain_set_sqrt(void *f32, void *f64, int64_t mode, void *set_local,
  * non-NaN x (not -0) gives the positive quiet NaN. */
 #define RSQRT_LO 0x00800000u
 #define RSQRT_HI 0x7F7FF000u
+/* MXCSR: its control bits (the rest are sticky exception flags), and MKL's mode
+ * among them: every exception masked, round to nearest, no FTZ/DAZ */
+#define CSR_CONTROL 0xffc0u
+#define CSR_MKL_MODE 0x1f80u
 
 static inline float mkl_rsqrt_irregular(float x, uint32_t b) {
     if ((b >> 31) && b != 0x80000000u && !isnan(x)) {
@@ -196,8 +200,10 @@ static inline float mkl_rsqrt_one(float x) {
     return d * h + y;
 }
 
-#define MKL_RSQRT_BODY(V, P, x, out)                                           \
-    V r = _##P##_rsqrt_ps(x);                                                  \
+/* MKL's formula on a vector x of type V with P's intrinsics (mm, mm256,
+ * mm512); RSQRT is the 12-bit reciprocal square root of a whole V. */
+#define MKL_RSQRT_BODY(V, P, RSQRT, x, out)                                    \
+    V r = RSQRT(x);                                                            \
     V y = _##P##_mul_ps(x, r);                                                 \
     V h = _##P##_mul_ps(r, half);                                              \
     V t = _##P##_sub_ps(half, _##P##_mul_ps(y, h));                            \
@@ -211,7 +217,8 @@ static inline float mkl_rsqrt_one(float x) {
  * mode VML_FTZDAZ_OFF), so this does too. */
 static void mkl_rsqrt_sqrt_f32(int64_t n, float *q) {
     unsigned csr = _mm_getcsr();
-    if ((csr & 0xffc0u) != 0x1f80u) _mm_setcsr((csr & 0xffff003fu) | 0x1f80u);
+    int switched = (csr & CSR_CONTROL) != CSR_MKL_MODE;
+    if (switched) _mm_setcsr((csr & ~CSR_CONTROL) | CSR_MKL_MODE);
     int64_t i = 0;
 #ifdef __AVX__
     {
@@ -220,7 +227,7 @@ static void mkl_rsqrt_sqrt_f32(int64_t n, float *q) {
         const __m256 hi = _mm256_castsi256_ps(_mm256_set1_epi32((int)RSQRT_HI));
         for (; i + 8 <= n; i += 8) {
             __m256 x = _mm256_loadu_ps(q + i);
-            MKL_RSQRT_BODY(__m256, mm256, x, res);
+            MKL_RSQRT_BODY(__m256, mm256, _mm256_rsqrt_ps, x, res);
             /* a zero is its own root (common: a gradient entry that stays 0);
              * ordered compares: NaN is not regular */
             __m256 iszero = _mm256_cmp_ps(x, zero, _CMP_EQ_OQ);
@@ -247,7 +254,7 @@ static void mkl_rsqrt_sqrt_f32(int64_t n, float *q) {
         const __m128 half = _mm_set1_ps(0.5f);
         for (; i + 4 <= n; i += 4) {
             __m128 x = _mm_loadu_ps(q + i);
-            MKL_RSQRT_BODY(__m128, mm, x, res);
+            MKL_RSQRT_BODY(__m128, mm, _mm_rsqrt_ps, x, res);
             float xs[4];
             _mm_storeu_ps(xs, x);
             _mm_storeu_ps(q + i, res);
@@ -259,7 +266,7 @@ static void mkl_rsqrt_sqrt_f32(int64_t n, float *q) {
         }
     }
     for (; i < n; i++) q[i] = mkl_rsqrt_one(q[i]);
-    if ((csr & 0xffc0u) != 0x1f80u) _mm_setcsr(csr);
+    if (switched) _mm_setcsr(csr);
 }
 #endif
 
@@ -333,8 +340,14 @@ ADAM(double, f64, sqrt)
 /* The scalar ADAM loop with MKL's algorithm, for the last n % 16 elements. */
 ADAM(float, rsqrt_tail_f32, mkl_rsqrt_one)
 
-/* ADAM with SQRT_MKL_RSQRT in one pass, 16 lanes at a time (AVX-512; the
- * 12-bit rsqrt exists only for 8 lanes, so it is taken on the two halves):
+/* The 12-bit rsqrt exists only for 8 lanes: taken on the two halves. */
+static inline __m512 rsqrt12_m512(__m512 q) {
+    __m256 lo = _mm256_rsqrt_ps(_mm512_castps512_ps256(q));
+    __m256 hi = _mm256_rsqrt_ps(_mm512_extractf32x8_ps(q, 1));
+    return _mm512_insertf32x8(_mm512_castps256_ps512(lo), hi, 1);
+}
+
+/* ADAM with SQRT_MKL_RSQRT in one pass, 16 lanes at a time (AVX-512):
  * the same IEEE operations in the same order as ADAM (a + b and b + a are the
  * same bits), MKL's sqrt in registers. A zero quotient is its own root; lanes
  * outside MKL's formula take the scalar irregular case. Only under MKL's mode
@@ -360,16 +373,7 @@ static void adam_rsqrt_f32(float *restrict x, const float *restrict g,
         __m512 vv = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(v + i), vb2), t2);
         __m512 s = _mm512_div_ps(mm, vd1);
         __m512 q = _mm512_div_ps(vv, vd2);
-        __m256 rlo = _mm256_rsqrt_ps(_mm512_castps512_ps256(q));
-        __m256 rhi = _mm256_rsqrt_ps(_mm512_extractf32x8_ps(q, 1));
-        __m512 r = _mm512_insertf32x8(_mm512_castps256_ps512(rlo), rhi, 1);
-        __m512 y = _mm512_mul_ps(q, r);
-        __m512 h = _mm512_mul_ps(r, half);
-        __m512 t = _mm512_sub_ps(half, _mm512_mul_ps(y, h));
-        y = _mm512_add_ps(_mm512_mul_ps(y, t), y);
-        h = _mm512_add_ps(_mm512_mul_ps(t, h), h);
-        __m512 d = _mm512_sub_ps(q, _mm512_mul_ps(y, y));
-        __m512 root = _mm512_add_ps(_mm512_mul_ps(d, h), y);
+        MKL_RSQRT_BODY(__m512, mm512, rsqrt12_m512, q, root);
         __mmask16 z = _mm512_cmp_ps_mask(q, zero, _CMP_EQ_OQ);
         root = _mm512_mask_mov_ps(root, z, q);
         __mmask16 ok = z | (_mm512_cmp_ps_mask(q, lo, _CMP_GE_OQ) &
@@ -406,7 +410,7 @@ static void adam_any_f32(float *restrict x, const float *restrict g,
     if (sqrt_kind_f32 == SQRT_IEEE)
         adam_f32(x, g, m, v, n, eta, b1, b2, c1, c2, eps, d1, d2);
 #ifdef HAVE_ADAM_RSQRT_FUSED
-    else if (sqrt_kind_f32 == SQRT_MKL_RSQRT && (_mm_getcsr() & 0xffc0u) == 0x1f80u)
+    else if (sqrt_kind_f32 == SQRT_MKL_RSQRT && (_mm_getcsr() & CSR_CONTROL) == CSR_MKL_MODE)
         adam_rsqrt_f32(x, g, m, v, n, eta, b1, b2, c1, c2, eps, d1, d2);
 #endif
     else
@@ -477,8 +481,8 @@ static void run_job(const job_t *j) {
      * rounding), as the caller's own torch operations would on its thread; OpenMP
      * pool threads otherwise keep the mode they were started with */
     unsigned own = _mm_getcsr();
-    int switched = (own & 0xffc0u) != j->csr;
-    if (switched) _mm_setcsr((own & 0x3fu) | j->csr);
+    int switched = (own & CSR_CONTROL) != j->csr;
+    if (switched) _mm_setcsr((own & ~CSR_CONTROL) | j->csr);
 #endif
     const int64_t *offs = j->offs;
     int lib_sqrt = j->rule == RULE_ADAM && (j->f64 ? vsqrt_f64 != NULL : sqrt_kind_f32 == SQRT_LIBRARY);
@@ -526,6 +530,11 @@ void fluxtrain_step(int rule, int f64, int64_t nleaf, const int64_t *x,
     job_t jobs[MAX_THREADS];
     pthread_t tids[MAX_THREADS];
     int started[MAX_THREADS];
+#ifdef HAVE_MKL_RSQRT
+    unsigned csr = _mm_getcsr() & CSR_CONTROL; /* the caller's mode, for every share */
+#else
+    unsigned csr = 0;
+#endif
     int64_t prev = 0;
     for (int64_t t = 0; t < nt; t++) {
         job_t *j = &jobs[t];
@@ -533,11 +542,7 @@ void fluxtrain_step(int rule, int f64, int64_t nleaf, const int64_t *x,
         j->x = x; j->g = g; j->m = m; j->v = v; j->offs = offs;
         j->d1 = d1; j->d2 = d2; j->dstride = dstride;
         j->eta = eta; j->b1 = b1; j->b2 = b2; j->c1 = c1; j->c2 = c2; j->eps = eps;
-#ifdef HAVE_MKL_RSQRT
-        j->csr = _mm_getcsr() & 0xffc0u;
-#else
-        j->csr = 0;
-#endif
+        j->csr = csr;
         /* boundaries on multiples of 16 elements: whole cache lines per thread */
         int64_t end = t + 1 == nt ? total : (total / nt * (t + 1)) & ~(int64_t)15;
         if (end < prev) end = prev;
