@@ -54,7 +54,7 @@ from fluxtrain.core.guards import clone_state, defer_interrupts, restore_state
 from fluxtrain.errors import external_stacklevel
 from fluxtrain.optimisers import parts, stepplan
 from fluxtrain.optimisers import tree as T
-from fluxtrain.optimisers.leaf import Leaf
+from fluxtrain.optimisers.leaf import Leaf, shared_rule
 from fluxtrain.optimisers.tree import StateTree
 
 __all__ = ["setup", "update", "update_", "copy_tree", "external_stacklevel"]
@@ -534,8 +534,6 @@ _grad_of = itemgetter(1)
 _places = itemgetter(2)
 _tensor_of = itemgetter(2)
 _state_of = attrgetter("state")
-_rule_of = attrgetter("rule")
-_frozen_of = attrgetter("frozen")
 
 
 def _only(d: dict[int, Any]) -> Any:
@@ -546,12 +544,9 @@ def _only(d: dict[int, Any]) -> Any:
 
 def _group_by_rule(ents: list[list[Any]]) -> dict[int, tuple[AbstractRule, list[list[Any]]]]:
     """The entries with a gradient and not frozen, by rule object, in first-seen order."""
-    leaves = list(map(_leaf_of, ents))
-    rules = list(map(_rule_of, leaves))
-    if (rules and all(map(is_, rules, repeat(rules[0])))
-            and not any(map(is_, map(_grad_of, ents), repeat(None)))
-            and not any(map(_frozen_of, leaves))):
-        return {id(rules[0]): (rules[0], ents)}  # one rule, every entry: the usual case
+    rule = shared_rule(list(map(_leaf_of, ents)))
+    if rule is not None and not any(map(is_, map(_grad_of, ents), repeat(None))):
+        return {id(rule): (rule, ents)}  # one rule, every entry: the usual case
     groups: dict[int, tuple[AbstractRule, list[list[Any]]]] = {}
     for ent in ents:
         leaf = ent[0]

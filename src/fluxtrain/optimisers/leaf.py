@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from itertools import repeat
+from operator import attrgetter, is_
 from typing import Any
 
 import torch
 
 from fluxtrain.core.base import AbstractRule, State
 
-__all__ = ["Leaf", "show_compact"]
+__all__ = ["Leaf", "show_compact", "shared_rule"]
 
 _DTYPE_PREFIX = {
     torch.float64: "",
@@ -147,3 +150,27 @@ class Leaf:
     def __repr__(self) -> str:
         tail = ", frozen=True" if self.frozen else ""
         return f"Leaf({self.rule!r}, {show_state(self.state)}{tail})"
+
+
+_rule_of = attrgetter("rule")
+_frozen_of = attrgetter("frozen")
+
+
+def shared_rule(leaves: Sequence[Leaf]) -> AbstractRule | None:
+    """The one rule object all of ``leaves`` hold, if there are any and none is frozen.
+
+    What lets a step treat them as one group (read list by list, not per leaf).
+
+    >>> from fluxtrain.core.rules import Descent
+    >>> r = Descent(0.1)
+    >>> shared_rule([Leaf(r, None), Leaf(r, None)]) is r
+    True
+    >>> shared_rule([Leaf(r, None), Leaf(Descent(0.1), None)]) is None  # equal, not the same
+    True
+    """
+    if not leaves:
+        return None
+    rule = leaves[0].rule
+    if not all(map(is_, map(_rule_of, leaves), repeat(rule))) or any(map(_frozen_of, leaves)):
+        return None
+    return rule

@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Mapping
-from itertools import repeat
 from operator import attrgetter, is_
 from typing import Any
 
@@ -62,7 +61,7 @@ from torch import nn
 from fluxtrain import core
 from fluxtrain.core import plan
 from fluxtrain.optimisers import tree as T
-from fluxtrain.optimisers.leaf import Leaf
+from fluxtrain.optimisers.leaf import Leaf, shared_rule
 from fluxtrain.optimisers.tree import StateTree
 
 __all__ = ["StepPlan", "build", "lookup", "store", "forget", "MAX_STRONG", "MAX_STALE"]
@@ -75,9 +74,7 @@ _UNSEEN: Any = object()  # a position the general walk would not reach
 _TENSORS = (torch.Tensor, nn.Parameter)
 _shape = attrgetter("shape")
 _device = attrgetter("device")
-_rule_of = attrgetter("rule")
 _requires_grad = attrgetter("requires_grad")
-_frozen_of = attrgetter("frozen")
 _state_of = attrgetter("state")
 
 # node kinds of the compiled tree
@@ -213,9 +210,8 @@ class StepPlan:
         if self.root is None or self.tied or not self.leaves:
             return None
         leaves = self.leaves
-        rule = leaves[0].rule
-        if (not all(map(is_, map(_rule_of, leaves), repeat(rule)))
-                or any(map(_frozen_of, leaves)) or not plan.trusted(rule)):
+        rule = shared_rule(leaves)
+        if rule is None or not plan.trusted(rule):
             return None
         gs = self.gather(grads, flat)
         if gs is None:
