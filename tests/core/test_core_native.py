@@ -98,11 +98,20 @@ class Route:
         sts = [self.states[i] for i in which]
         gs = [grads[i] for i in which]
         if self.how == "apply":
-            for k, i in enumerate(which):
-                new, step = self.rule.apply(sts[k], xs[k], gs[k])
-                with torch.no_grad():
-                    xs[k].sub_(step)
-                self.states[i] = new
+            # the truth on this thread alone: torch's pool threads keep the floating-point
+            # mode they were started with (flush-to-zero, if a thread was started while a
+            # test had it on), so torch's own parallel result on subnormals depends on
+            # which threads exist; the kernel's shares all take the calling thread's mode
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                for k, i in enumerate(which):
+                    new, step = self.rule.apply(sts[k], xs[k], gs[k])
+                    with torch.no_grad():
+                        xs[k].sub_(step)
+                    self.states[i] = new
+            finally:
+                torch.set_num_threads(threads)
             return
         with mp.context() as m:
             if self.how == "foreach":
