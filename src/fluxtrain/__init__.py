@@ -17,6 +17,7 @@ from fluxtrain import checkpoint, distributed, optimise, optimisers, torch_optim
 from fluxtrain.dispatch import gradient, train_, update_, withgradient
 from fluxtrain.errors import DomainError, FluxDeprecationWarning
 from fluxtrain.explicit import setup
+from fluxtrain.flat import FlatLayout, flatten_
 from fluxtrain.implicit.callbacks import epochs, skip, stop, throttle
 from fluxtrain.implicit.params import Grads, Params, params
 from fluxtrain.optimise import *  # noqa: F403
@@ -50,6 +51,8 @@ __all__ = [
     "freeze_",
     "thaw_",
     "trainables",
+    "flatten_",
+    "FlatLayout",
     "Leaf",
     "DomainError",
     "FluxDeprecationWarning",

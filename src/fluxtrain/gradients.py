@@ -31,7 +31,7 @@ import torch
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.tree import StateTree
 
-__all__ = ["gradient_explicit", "withgradient_explicit", "WithGradient"]
+__all__ = ["gradient_explicit", "withgradient_explicit", "WithGradient", "mirror_gradient"]
 
 
 class WithGradient(NamedTuple):
@@ -189,6 +189,18 @@ def _substitute(x: Any, repl: dict[int, tuple[Any, Any]], memo: dict[int, Any]) 
     out = T.rebuild(x, k, changes)
     memo[id(x)] = out
     return out
+
+
+def mirror_gradient(model: Any, grads_of: dict[int, Any]) -> Any:
+    """The gradient tree of ``model`` that :func:`gradient_explicit` builds, from
+    ``{id(tensor): its gradient}`` (tied tensors: at the first position only).
+
+    >>> import torch
+    >>> w = torch.zeros(2)
+    >>> mirror_gradient({"w": w, "tied": w, "n": 3}, {id(w): torch.ones(2)})
+    {'w': tensor([1., 1.]), 'tied': None, 'n': None}
+    """
+    return _mirror_grad(model, True, grads_of, set())[0]
 
 
 def _mirror_grad(
