@@ -21,7 +21,7 @@ FLUXTRAIN_ALL: frozenset[str] = frozenset(
     """optimise optimisers setup train_ update_ gradient withgradient params Params
     Grads throttle stop skip epochs adjust adjust_ freeze_ thaw_ trainables Leaf
     DomainError FluxDeprecationWarning OptimiserChain ClipGrad checkpoint distributed
-    torch_optim""".split()
+    torch_optim flatten_ FlatLayout""".split()
 ) | OLD_OPTIMISERS
 
 #: New-style rules of ``fluxtrain.optimisers`` the codemod may emit.
@@ -88,5 +88,6 @@ IMPLICIT_ERA: dict[str, str] = {
 #: Names of ``fluxtrain`` that are fine in explicit code and are left as they are.
 KEPT: frozenset[str] = frozenset(
     """optimise optimisers setup adjust adjust_ freeze_ thaw_ trainables Leaf DomainError
-    FluxDeprecationWarning throttle checkpoint distributed torch_optim""".split()
+    FluxDeprecationWarning throttle checkpoint distributed torch_optim flatten_
+    FlatLayout""".split()
 )

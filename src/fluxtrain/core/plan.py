@@ -398,6 +398,7 @@ _is_cpu = attrgetter("is_cpu")
 _m = attrgetter("m")
 _v = attrgetter("v")
 _beta_t = attrgetter("beta_t")
+_deref = weakref.ref.__call__
 _MAYWRITE = base.maywrite
 _RO = "_fluxtrain_readonly"
 
@@ -492,8 +493,10 @@ class _Leaves:
         g0 = self.groups[0] if len(self.groups) == 1 else None
         self.flat = bool(g0 is not None and g0.whole and g0.nc is not None
                          and g0.nc.one is not None)
-        self.lastx: list[Any] = list(xs)
-        self.lastg: list[Any] | None = None
+        # weak references: the cache lives as long as the rule and must keep no
+        # parameter or gradient alive
+        self.lastx: list[weakref.ref[Any]] = []
+        self.lastg: list[weakref.ref[Any]] | None = None
         self.lastgptr: list[int] = []
 
     def remember(self, out: list[Pending]) -> None:
@@ -585,7 +588,8 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
         out.append(_engine(cls, rule, nstate, ws, g.dev, idx, gst, gxs, gdx, known))
     lc.remember(out)
     if lc.flat and dall:  # (_prepare_flat takes the gradients as contiguous)
-        lc.lastx, lc.lastg, lc.lastgptr = list(xs), list(dxs), dptrs
+        lc.lastx, lc.lastg = list(map(weakref.ref, xs)), list(map(weakref.ref, dxs))
+        lc.lastgptr = dptrs
     return out
 
 
@@ -602,7 +606,8 @@ def _prepare_flat(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict
     not support (``fluxtrain.flat``). So identity and addresses are all that is
     read: three reads per leaf instead of about twenty.
     """
-    if not (all(map(is_, dxs, lc.lastg)) and all(map(is_, xs, lc.lastx))  # type: ignore[arg-type]
+    if not (all(map(is_, dxs, map(_deref, lc.lastg)))  # type: ignore[arg-type]
+            and all(map(is_, xs, map(_deref, lc.lastx)))
             and list(map(_ptr, xs)) == lc.xfp[1] and list(map(_ptr, dxs)) == lc.lastgptr):
         return None
     if nstate:
