@@ -281,12 +281,18 @@ def test_flat_training_equals_the_general_path(
         assert leaf_counts[-3:] == [1, 1, 1]  # one leaf covering the whole buffer
 
 
+@pytest.mark.parametrize("counter", [True, False], ids=["storage-counts", "addresses"])
 @pytest.mark.parametrize("rule", ["Adam", "Momentum"])
 def test_leaving_the_layout_between_steps_still_gives_the_truth(
-    rule: str, monkeypatch: pytest.MonkeyPatch
+    rule: str, counter: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every way out of the layout (or of the last step's gradients) after the
-    identity-and-address check has been armed."""
+    identity-and-address check has been armed; with torch's storage reference
+    counter, and without it (then every address is read)."""
+    if counter:
+        assert plan._storage_use_count is not None  # torch >= 2.3 has it
+    else:
+        monkeypatch.setattr(plan, "_storage_use_count", None)
     step = [0]
 
     def train(flat: bool) -> Any:
@@ -294,31 +300,33 @@ def test_leaving_the_layout_between_steps_still_gives_the_truth(
         ts = [torch.randn(n, dtype=torch.float64) for n in (5, 7, 3, 6)]
         layout = flatten_(ts) if flat else None
         st = O.setup(RULES[rule](), ts)
-        for k in range(14):
+        for k in range(16):
             g = torch.Generator().manual_seed(k)
             fresh = [torch.randn(t.shape, generator=g, dtype=torch.float64) for t in ts]
+            if k == 10 and layout is not None:  # back into a layout after leaving it
+                layout = flatten_(ts)
             if layout is not None:
                 for v, f in zip(layout.views, fresh):
                     v.copy_(f)
                 grads: list[Any] = list(layout.grads)
             else:
                 grads = fresh
-            if k == 3:  # a layout gradient re-pointed in place, to other values
+            if k == 3:  # a state tensor re-pointed (values kept)
+                s = st[3].state
+                tensor = s if rule == "Momentum" else s.m
+                tensor.set_(tensor.clone())
+            if k == 5:  # a state that is not the object the last step returned
+                s = st[1].state
+                st[1].state = s.clone() if rule == "Momentum" else O.AdamState(*s)
+            if k == 7:  # a gradient that is not the layout's view (other values)
+                grads[2] = fresh[2] * 2
+            if k == 9:  # a parameter re-pointed (values kept)
+                ts[1].data = ts[1].data.clone()
+            if k == 13:  # a layout gradient re-pointed in place, to other values
                 if layout is not None:
                     layout.views[0].set_(fresh[0] * 3)
                 else:
                     grads[0] = fresh[0] * 3
-            if k == 5:  # a state tensor re-pointed (values kept)
-                s = st[3].state
-                tensor = s if rule == "Momentum" else s.m
-                tensor.set_(tensor.clone())
-            if k == 7:  # a state that is not the object the last step returned
-                s = st[1].state
-                st[1].state = s.clone() if rule == "Momentum" else O.AdamState(*s)
-            if k == 9:  # a gradient that is not the layout's view
-                grads[2] = fresh[2].clone()
-            if k == 11:  # a parameter re-pointed (values kept)
-                ts[1].data = ts[1].data.clone()
             step[0] = k
             O.update_(st, ts, grads)
         return ts, st
@@ -335,8 +343,8 @@ def test_leaving_the_layout_between_steps_still_gives_the_truth(
     monkeypatch.setattr(plan, "_prepare_flat", spy)
     assert bits(train(True)) == truth
     # each event met the armed check (it was called) and was refused by it
-    assert all(taken.get(k) is False for k in (3, 5, 7, 9, 11)), taken
-    assert taken[2] and taken[4]  # and the check does pass the plain steps
+    assert all(taken.get(k) is False for k in (3, 5, 7, 9, 13)), taken
+    assert taken[2] and taken[12]  # and the check does pass the plain steps
 
 
 def test_bad_gradient_after_flat_steps_raises_and_changes_nothing() -> None:
@@ -361,6 +369,40 @@ def test_bad_gradient_after_flat_steps_raises_and_changes_nothing() -> None:
     layout.views[1].squeeze_(0)  # but undone here, so the layout holds again
     O.update_(st, ts, layout.grads)
     assert bits((ts, st)) != snap
+
+
+@pytest.mark.parametrize("counter", [True, False], ids=["storage-counts", "addresses"])
+def test_new_gradient_objects_where_the_last_ones_were(
+    counter: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check compares the ids of the last step's gradients; once one of them is
+    gone its id may be reused by a new object (here: a view of another shape at the
+    same address, which must fail as it does on the general path)."""
+    if not counter:
+        monkeypatch.setattr(plan, "_storage_use_count", None)
+    ts = [torch.randn(6), torch.randn(6)]
+    flatten_(ts)
+    st = O.setup(O.Momentum(0.1), ts)
+    buf = torch.randn(12)
+    for _ in range(3):
+        grads = [buf[:6], buf[6:]]  # back to back, new objects every step...
+        O.update_(st, ts, grads)
+    held = [buf[:6], buf[6:]]
+    for _ in range(2):
+        O.update_(st, ts, held)  # ...and the same ones (the check is armed)
+    snap = bits((ts, st))
+    first, second = map(id, held)
+    keep = held[1]
+    del held, grads  # the first gradient object is gone, the second still held
+    made = {}  # new objects, all kept, until one takes the freed address
+    for _ in range(200):
+        t = buf[:6].view(2, 3)
+        made.setdefault(id(t), t)
+    bad = [made.get(first, buf[:6].view(2, 3)), keep]
+    assert id(bad[1]) == second
+    with pytest.raises(ValueError, match="shape"):
+        O.update_(st, ts, bad)
+    assert bits((ts, st)) == snap
 
 
 @pytest.mark.parametrize("rule", ["Adam", "Momentum"])
