@@ -183,3 +183,16 @@ def test_cache_keeps_nothing_alive_and_pickles() -> None:
     del x, ps
     gc.collect()
     assert wx() is None and len(opt.state) == 0
+
+
+def test_gradients_that_require_grad_step_like_detached_ones() -> None:
+    """The cached path detaches gradients that are part of a graph, and only those."""
+    twins = [(oldopt.Adam(0.1), tensors(9, SHAPES)) for _ in range(2)]
+    for step in range(3):
+        g = tensors(60 + step, SHAPES)
+        live = [t.clone().requires_grad_(k % 2 == 0) for k, t in enumerate(g)]
+        for (opt, xs), grads in zip(twins, (live, g)):
+            ps = F.Params(xs)
+            F.update_(opt, ps, F.Grads(list(zip(xs, grads)), ps))
+        assert same(twins[0][1], twins[1][1]), step
+    assert not any(x.requires_grad for x in twins[0][1])

@@ -11,6 +11,8 @@ import math
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
+from itertools import repeat
+from operator import attrgetter, is_
 from typing import Any
 
 import torch
@@ -50,6 +52,7 @@ def _lookup(gs: Any, x: torch.Tensor, ps: Params) -> Any:
 
 
 _NO: Any = object()
+_requires_grad = attrgetter("requires_grad")
 
 
 def _fast_update(opt: AbstractOptimiser, ps: Params, gs: Grads) -> bool:
@@ -74,10 +77,22 @@ def _fast_update(opt: AbstractOptimiser, ps: Params, gs: Grads) -> bool:
         cache = (weakref.ref(ps), ps._version, state_keys(opt, order))
         object.__setattr__(opt, "_ps_plan", cache)
     gmap = gs._grads
+    tensor = torch.Tensor
+    # the usual step, list by list: a state and a tensor gradient for every parameter
+    # (prepare checks the gradients' shapes, devices and dtypes, and refuses if need be)
+    every: list[Any] = list(map(gmap.get, map(id, order), repeat(_NO)))
+    if (not any(map(is_, every, repeat(None))) and not any(map(is_, cache[2], repeat(None)))
+            and list(map(type, every)).count(tensor) == len(every)
+            and not any(map(is_, every, order))):
+        if any(map(_requires_grad, every)):
+            every = [g.detach() if g.requires_grad else g for g in every]
+        done = step_fused_(opt, list(order), every, cache[2]) if every else False
+        if done is None:
+            object.__setattr__(opt, "_ps_plan", None)
+        return bool(done)
     xs: list[torch.Tensor] = []
     dxs: list[torch.Tensor] = []
     keys: list[Any] = []
-    tensor = torch.Tensor
     for x, k in zip(order, cache[2]):
         g = gmap.get(id(x), _NO)
         if g is None:

@@ -371,7 +371,8 @@ def step_fused_(
     done = [False]
 
     def store(i: int, s: State) -> None:
-        data[keys[i]] = s  # an existing entry: the stored key is kept
+        if s is not origs[i]:  # Descent/Momentum keep their state objects: nothing to store
+            data[keys[i]] = s  # an existing entry: the stored key is kept
 
     try:
         _commit_fused(opt, pending, store, done)
