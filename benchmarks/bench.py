@@ -128,22 +128,36 @@ def optimiser_rows(tensors: list[torch.Tensor]) -> list[Row]:
         opt = make(ps)
         return opt.step
 
-    def explicit_row(rule: O.AbstractRule) -> Callable[[], object]:
+    def explicit_row(rule: O.AbstractRule, flat: bool = False) -> Callable[[], object]:
         model = [t.clone() for t in tensors]
         grads = [torch.randn_like(t) * 1e-3 for t in tensors]
+        if flat:  # fluxtrain.flatten_: the gradients live in the layout's buffer
+            layout = fluxtrain.flatten_(model)
+            for view, g in zip(layout.views, grads):
+                view.copy_(g)
+            grads = layout.grads
         state = O.setup(rule, model)
         return lambda: O.update_(state, model, grads)
 
-    def implicit_row(opt: object) -> Callable[[], object]:
+    def implicit_row(opt: object, flat: bool = False) -> Callable[[], object]:
         model = [t.clone() for t in tensors]
         ps = fluxtrain.Params(model)
-        gs = fluxtrain.Grads([(p, torch.randn_like(p) * 1e-3) for p in model], ps)
+        if flat:
+            layout = fluxtrain.flatten_(model)
+            for view in layout.views:
+                view.copy_(torch.randn_like(view) * 1e-3)
+            gs = fluxtrain.Grads([(p, p.grad) for p in model], ps)
+        else:
+            gs = fluxtrain.Grads([(p, torch.randn_like(p) * 1e-3) for p in model], ps)
         return lambda: fluxtrain.update_(opt, ps, gs)
 
     rows.append(("torch Adam foreach", torch_row(lambda ps: torch.optim.Adam(ps, foreach=True))))
     rows.append(("torch Adam fused", torch_row(lambda ps: torch.optim.Adam(ps, fused=True))))
     rows.append(("fluxtrain Adam explicit", explicit_row(O.Adam())))
     rows.append(("fluxtrain Adam implicit", implicit_row(fluxtrain.optimise.Adam())))
+    rows.append(("fluxtrain Adam explicit, flat", explicit_row(O.Adam(), flat=True)))
+    rows.append(("fluxtrain Adam implicit, flat",
+                 implicit_row(fluxtrain.optimise.Adam(), flat=True)))
     rows.append(
         (
             "torch SGD-m foreach",
@@ -158,6 +172,9 @@ def optimiser_rows(tensors: list[torch.Tensor]) -> list[Row]:
     )
     rows.append(("fluxtrain Momentum explicit", explicit_row(O.Momentum())))
     rows.append(("fluxtrain Momentum implicit", implicit_row(fluxtrain.optimise.Momentum())))
+    rows.append(("fluxtrain Momentum explicit, flat", explicit_row(O.Momentum(), flat=True)))
+    rows.append(("fluxtrain Momentum implicit, flat",
+                 implicit_row(fluxtrain.optimise.Momentum(), flat=True)))
     return rows
 
 
