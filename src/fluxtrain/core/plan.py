@@ -86,7 +86,7 @@ class _Workspace:
     """Scratch buffers and their per-run views, reused while the leaves' shapes stay."""
 
     __slots__ = ("sig", "runs", "bufs", "flat", "spans", "homes", "ptrs", "starts", "nstate",
-                 "native")
+                 "native", "scalars")
 
     def __init__(self) -> None:
         self.sig: Any = None
@@ -101,6 +101,8 @@ class _Workspace:
         self.starts: list[int] = []
         self.nstate = 0
         self.native: _NativeCache | None = None
+        #: the rule's scalars rounded to this workspace's dtype (the rule is frozen)
+        self.scalars: tuple[float, ...] | None = None
 
 
 _WS: dict[int, tuple[Any, dict[Any, Any]]] = {}
@@ -978,8 +980,13 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
     keep: list[Any] = [nc, gptr]
     step = lib.fluxtrain_step
     new_states: list[Any] = list(states)  # Descent, Momentum: the same state objects
+    sc = ws.scalars
+    if sc is None:
+        sc = ws.scalars = (rule._scalars(dt) if cls is R.Adam
+                           else (cast(rule.eta, dt), cast(rule.rho, dt)) if cls is R.Momentum
+                           else (cast(rule.eta, dt),))
     if cls is R.Adam:
-        eta, b1, b2, c1, c2, eps = rule._scalars(dt)
+        eta, b1, b2, c1, c2, eps = sc
         d1, d2, new_states, uniform = _bias(states, b1, b2, dt)
         one = one and uniform
     if one:
@@ -987,11 +994,11 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
         xa, ma, va, offs = nc.one_addr  # type: ignore[misc]
     ga = gptr.ctypes.data  # its first entry is the first gradient's address
     if cls is R.Descent:
-        eta = cast(rule.eta, dt)
+        (eta,) = sc
         args: tuple[Any, ...] = (code, f64, n, xa, ga, None, None, offs, None, None, 0,
                                  eta, 0.0, 0.0, 0.0, 0.0, 0.0)
     elif cls is R.Momentum:
-        eta, rho = cast(rule.eta, dt), cast(rule.rho, dt)
+        eta, rho = sc
         args = (code, f64, n, xa, ga, ma, None, offs, None, None, 0,
                 eta, rho, 0.0, 0.0, 0.0, 0.0)
     else:
