@@ -89,3 +89,22 @@ def assert_unchanged(before: list[tuple[str, Any]], obj: Any) -> None:
     assert [p for p, _ in before] == [p for p, _ in after]
     for (path, a), (_, b) in zip(before, after):
         assert _same(a, b), f"{path} changed: {a!r} -> {b!r}"
+
+
+def bits(x: Any) -> Any:
+    """Every bit of ``x`` (tensors, Leafs, modules, state trees, containers) as plain data,
+    for comparing two trainings bit for bit."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach().contiguous()
+        return (str(t.dtype), tuple(t.shape), t.view(torch.uint8).tolist() if t.numel() else [])
+    if isinstance(x, O.Leaf):
+        return ("Leaf", x.frozen, bits(x.state))
+    if isinstance(x, torch.nn.Module):
+        return [(k, bits(v)) for k, v in x.state_dict(keep_vars=True).items()]
+    if isinstance(x, O.StateTree):
+        return [(k, bits(v)) for k, v in x._children.items()]
+    if isinstance(x, dict):
+        return [(k, bits(v)) for k, v in x.items()]
+    if isinstance(x, tuple | list):
+        return [bits(v) for v in x]
+    return x

@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 import torch
+from explicitutil import bits
 from torch import nn
 
 import fluxtrain as F
@@ -34,23 +35,6 @@ RULES: dict[str, Callable[[], Any]] = {
     "Momentum": lambda: O.Momentum(0.1, 0.9),
     "Descent": lambda: O.Descent(0.3),
 }
-
-
-def bits(x: Any) -> Any:
-    if isinstance(x, torch.Tensor):
-        t = x.detach().contiguous()
-        return (str(t.dtype), tuple(t.shape), t.view(torch.uint8).tolist() if t.numel() else [])
-    if isinstance(x, O.Leaf):
-        return ("Leaf", x.frozen, bits(x.state))
-    if isinstance(x, nn.Module):
-        return [(k, bits(v)) for k, v in x.state_dict(keep_vars=True).items()]
-    if isinstance(x, O.StateTree):
-        return [(k, bits(v)) for k, v in x._children.items()]
-    if isinstance(x, dict):
-        return [(k, bits(v)) for k, v in x.items()]
-    if isinstance(x, tuple | list):
-        return [bits(v) for v in x]
-    return x
 
 
 class Net(nn.Module):
