@@ -445,3 +445,40 @@ def test_docstring_examples() -> None:
     for module in (fluxtrain.flat, fluxtrain.gradients):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.attempted > 0 and result.failed == 0, module.__name__
+
+
+@pytest.mark.parametrize("rule", ["Adam", "Momentum"])
+def test_freeze_thaw_adjust_and_ties_on_a_flat_model(
+    rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Tied(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(3, 3)
+            self.b = nn.Linear(3, 3)
+            self.b.weight = self.a.weight  # one tensor at two positions
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(torch.tanh(self.a(x)))
+
+    def train(flat: bool) -> Any:
+        torch.manual_seed(7)
+        m = Tied()
+        layout = flatten_(m) if flat else None
+        st = O.setup(RULES[rule](), m)
+        for k in range(8):
+            if k == 2:
+                O.freeze_(st.a)
+            if k == 4:
+                O.thaw_(st.a)
+                O.adjust_(st, 0.05)
+            if layout is not None:
+                layout.zero_grad()
+                loss(m, data(k)).backward()
+                grads = layout.grads
+            else:
+                grads = F.gradient(lambda mm, k=k: loss(mm, data(k)), m)[0]
+            O.update_(st, m, grads)
+        return m, st
+
+    assert bits(train(True)) == general(train, monkeypatch)
