@@ -482,3 +482,30 @@ def test_freeze_thaw_adjust_and_ties_on_a_flat_model(
         return m, st
 
     assert bits(train(True)) == general(train, monkeypatch)
+
+
+@pytest.mark.parametrize("rule", ["Adam", "Momentum"])
+def test_back_to_back_gradients_in_separate_storages(
+    rule: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gradients laid out back to back over one numpy array, each its own torch storage:
+    one gradient's storage count says nothing about the others, so re-pointing the
+    second must still be seen."""
+
+    def train(flat: bool) -> Any:
+        torch.manual_seed(8)
+        ts = [torch.randn(6), torch.randn(6)]
+        if flat:
+            flatten_(ts)
+        arr = np.zeros(12, dtype=np.float32)
+        grads = [torch.from_numpy(arr[:6]), torch.from_numpy(arr[6:])]  # the same objects
+        st = O.setup(RULES[rule](), ts)
+        for k in range(6):
+            g = torch.Generator().manual_seed(k)
+            arr[:] = torch.randn(12, generator=g).numpy()
+            if k == 4:
+                grads[1].set_(torch.randn(6, generator=g) * 5)
+            O.update_(st, ts, grads)
+        return ts, st
+
+    assert bits(train(True)) == general(train, monkeypatch)

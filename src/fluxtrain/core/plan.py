@@ -615,6 +615,15 @@ def _storage_key(t: torch.Tensor) -> tuple[int, int]:
     return st.data_ptr(), _storage_use_count(st._cdata)  # type: ignore[misc]
 
 
+def _one_storage(t: torch.Tensor, start: int, nbytes: int) -> bool:
+    """Whether bytes ``start`` to ``start + nbytes`` all lie in ``t``'s storage (so every
+    tensor there is a view of it: separate storages never share memory, barring
+    tensors made over foreign memory, which this also refuses when they are apart)."""
+    st = t.untyped_storage()
+    base = st.data_ptr()
+    return base <= start and start + nbytes <= base + st.nbytes()
+
+
 def _arm(lc: _Leaves, table: dict[Any, Any], thread: int, xs: Sequence[torch.Tensor],
          dxs: Sequence[torch.Tensor], dptrs: list[int]) -> None:
     """Record the step that just passed every check, for :func:`_prepare_flat`.
@@ -627,10 +636,16 @@ def _arm(lc: _Leaves, table: dict[Any, Any], thread: int, xs: Sequence[torch.Ten
     if nc is None or not np.array_equal(np.array(dptrs, dtype=np.int64) - dptrs[0], nc.gstarts):
         return
     counts: list[tuple[int, int]] = []
-    if _storage_use_count is not None:
-        g = lc.groups[0]
-        ws = _workspace(table, g.dev, g.dt, thread)
-        counts = [_storage_key(dxs[0])] + [_storage_key(h) for h in ws.homes]
+    g = lc.groups[0]
+    ws = _workspace(table, g.dev, g.dt, thread)
+    if _storage_use_count is not None and _one_storage(dxs[0], dptrs[0],
+                                                       int(nc.arrays[-1][-1]) * g.dt.itemsize):
+        # the counts stand for the addresses only if every gradient is in the first one's
+        # storage and every state in the workspace's homes (else: read the addresses)
+        if len(ws.ptrs) == len(lc.sfp) and all(
+            fp[1] == ptrs for fp, ptrs in zip(lc.sfp, ws.ptrs)
+        ):
+            counts = [_storage_key(dxs[0])] + [_storage_key(h) for h in ws.homes]
     # the ids stand for the objects while every one is alive: any that dies disarms
     gone = _disarm(weakref.ref(lc))
     lc.refs = [weakref.ref(t, gone) for t in (*xs, *dxs)]
