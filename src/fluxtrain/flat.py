@@ -32,8 +32,15 @@ Re-pointing a tensor afterwards (``.data =``, ``set_``, ``model.to(...)``)
 or replacing its ``.grad`` (``zero_grad(set_to_none=True)``) takes it out of
 the layout: ``update_`` still gives the right result, on its per-tensor path;
 ``intact()`` says whether the layout holds and ``check()`` names what left it.
-In-place changes of a view's shape or strides (``t_()``, ``resize_()``) are
-not supported.
+Not supported (and not detected): in-place changes of a view's shape or
+strides (``t_()``, ``resize_()``), and re-pointing a gradient or optimiser
+state view to another place of the same buffer.
+
+``gradient(loss, model)`` and ``train_`` still return fresh gradient tensors
+(``None`` where the loss does not reach a parameter; ``backward`` into the
+views would leave zeros there, a different step for Adam): correct on a flat
+model, at the per-tensor speed. For the flat speed, ``backward()`` and pass
+``layout.grads``.
 """
 
 from __future__ import annotations
