@@ -78,38 +78,36 @@ def _fast_update(opt: AbstractOptimiser, ps: Params, gs: Grads) -> bool:
         object.__setattr__(opt, "_ps_plan", cache)
     gmap = gs._grads
     tensor = torch.Tensor
+    keys: list[Any] = cache[2]
     # the usual step, list by list: a state and a tensor gradient for every parameter
     # (prepare checks the gradients' shapes, devices and dtypes, and refuses if need be)
     every: list[Any] = list(map(gmap.get, map(id, order), repeat(_NO)))
-    if (not any(map(is_, every, repeat(None))) and not any(map(is_, cache[2], repeat(None)))
+    if (not any(map(is_, every, repeat(None))) and not any(map(is_, keys, repeat(None)))
             and list(map(type, every)).count(tensor) == len(every)
             and not any(map(is_, every, order))):
+        xs: list[torch.Tensor] = list(order)
+        dxs: list[torch.Tensor] = every
         if any(map(_requires_grad, every)):
-            every = [g.detach() if g.requires_grad else g for g in every]
-        done = step_fused_(opt, list(order), every, cache[2]) if every else False
-        if done is None:
-            object.__setattr__(opt, "_ps_plan", None)
-        return bool(done)
-    xs: list[torch.Tensor] = []
-    dxs: list[torch.Tensor] = []
-    keys: list[Any] = []
-    for x, k in zip(order, cache[2]):
-        g = gmap.get(id(x), _NO)
-        if g is None:
-            continue
-        if (
-            k is None
-            or type(g) is not tensor
-            or g is x
-            or g.shape != x.shape
-            or g.device != x.device
-        ):
-            if k is None and g is not _NO:
-                object.__setattr__(opt, "_ps_plan", None)  # a new state will appear
-            return False
-        xs.append(x)
-        dxs.append(g.detach() if g.requires_grad else g)
-        keys.append(k)
+            dxs = [g.detach() if g.requires_grad else g for g in every]
+    else:  # parameter by parameter: skips (None), and the cases the general loop decides
+        xs, dxs, keys = [], [], []
+        for x, k in zip(order, cache[2]):
+            g = gmap.get(id(x), _NO)
+            if g is None:
+                continue
+            if (
+                k is None
+                or type(g) is not tensor
+                or g is x
+                or g.shape != x.shape
+                or g.device != x.device
+            ):
+                if k is None and g is not _NO:
+                    object.__setattr__(opt, "_ps_plan", None)  # a new state will appear
+                return False
+            xs.append(x)
+            dxs.append(g.detach() if g.requires_grad else g)
+            keys.append(k)
     if not xs:
         return False
     done = step_fused_(opt, xs, dxs, keys)
