@@ -186,18 +186,21 @@ def flatten_(model: Any) -> FlatLayout:
     keys = list(groups)
     buffers = [torch.empty(n, dtype=dt, device=dev) for (dev, dt), n in zip(keys, sizes)]
     grad_buffers = [torch.zeros(n, dtype=dt, device=dev) for (dev, dt), n in zip(keys, sizes)]
+    homes: list[torch.Tensor] = []  # each parameter's slice of its buffer
     views: list[torch.Tensor] = []
     with torch.no_grad():
         for x, (grp, off) in zip(params, places):
             n = x.numel()
-            buffers[grp][off:off + n].view(x.shape).copy_(x)
+            home = buffers[grp][off:off + n].view(x.shape)
+            home.copy_(x)
+            homes.append(home)
             view = grad_buffers[grp][off:off + n].view(x.shape)
             if x.grad is not None:
                 view.copy_(x.grad)
             views.append(view)
         # 2. re-point (metadata only: values are already in place)
-        for x, (grp, off), view in zip(params, places, views):
-            x.set_(buffers[grp].untyped_storage(), off, x.shape, _contiguous_strides(x.shape))
+        for x, (grp, off), home, view in zip(params, places, homes, views):
+            x.set_(buffers[grp].untyped_storage(), off, x.shape, home.stride())
             x.grad = view
     grads = mirror_gradient(model, {id(x): v for x, v in zip(params, views)})
     return FlatLayout(params, paths, buffers, grad_buffers, views, grads, places)
@@ -240,10 +243,3 @@ def _extent(x: torch.Tensor) -> int:
     """Elements from the first to one past the last that ``x`` can reach."""
     return 1 + sum((n - 1) * abs(s) for n, s in zip(x.shape, x.stride()))
 
-
-def _contiguous_strides(shape: torch.Size) -> tuple[int, ...]:
-    strides, acc = [], 1
-    for d in reversed(shape):
-        strides.append(acc)
-        acc *= d
-    return tuple(reversed(strides))

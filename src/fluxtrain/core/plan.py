@@ -207,13 +207,9 @@ def _home(ws: _Workspace, slots: list[list[torch.Tensor]]) -> None:
     for home, ts in zip(homes, slots):
         storage = home.untyped_storage()
         for t, off in zip(ts, ws.starts):
-            n = t.numel()
-            home[off:off + n].copy_(t.reshape(-1))
-            stride, acc = [], 1
-            for d in reversed(t.shape):
-                stride.append(acc)
-                acc *= d
-            t.set_(storage, off, t.shape, stride[::-1])
+            place = home[off:off + t.numel()].view(t.shape)
+            place.copy_(t)
+            t.set_(storage, off, t.shape, place.stride())  # place's contiguous strides
     esize = x0.element_size()
     ws.homes = homes
     ws.ptrs = [[h.data_ptr() + st * esize for st in ws.starts] for h in homes]
