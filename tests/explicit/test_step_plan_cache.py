@@ -321,3 +321,61 @@ def test_stale_plans_stop_being_rebuilt() -> None:
     plan = stepplan.lookup(st, m)
     assert plan is not None and plan.root is None  # marked: the general walk only
     assert torch.allclose(m[0], torch.full((2,), -0.1 * (stepplan.MAX_STALE + 3)))
+
+
+def _reference_walk(node: Any, g: Any, out: list[Any]) -> bool:
+    """The gradient walk as first written: one recursive call per node, no shortcuts."""
+    kind = node[0]
+    if kind == stepplan._LEAF:
+        out[node[1]] = g
+        return True
+    if kind == stepplan._IGNORE or g is None:
+        return True
+    if kind == stepplan._NOGRAD:
+        return False
+    if kind == stepplan._SEQ:
+        if type(g) not in (list, tuple) or len(g) != len(node[1]):
+            return False
+        return all(_reference_walk(c, s, out) for c, s in zip(node[1], g))
+    keys, kids = node[1], node[2]
+    if isinstance(g, O.StateTree):
+        g = g._children
+    elif not isinstance(g, dict):
+        return False
+    if len(g) != len(keys):
+        return False
+    return all(key in g and _reference_walk(c, g[key], out) for key, c in zip(keys, kids))
+
+
+def test_gather_shortcuts_equal_the_recursive_walk() -> None:
+    # runs of leaves (sliced), leaves among containers (inlined), modules, ignored parts
+    models: list[Any] = [
+        [torch.randn(2) for _ in range(5)],
+        [torch.randn(2), [torch.randn(1), torch.randn(3)], 7, (torch.randn(2),)],
+        {"a": torch.randn(2), "b": [torch.randn(1), torch.randn(1)], "c": "x"},
+        [mlp(), torch.randn(2)],
+    ]
+    for model in models:
+        st = O.setup(O.Momentum(0.1), model)
+        plan = stepplan.build(st, model)
+        assert plan is not None and plan.root is not None
+        ones = F.gradient(lambda m: sum(t.sum() for t in O.trainables(m)), model)[0]
+        candidates = [
+            ones,
+            None,
+            [None] * 5,
+            [ones[0]] * 4 if isinstance(ones, list) else [ones],
+            [ones[0], None, 7, None] if isinstance(ones, list) else {"a": None},
+        ]
+        if isinstance(ones, dict):  # the same number of entries, one name wrong
+            candidates.append({**{k: v for k, v in ones.items() if k != "a"}, "z": ones["a"]})
+        if isinstance(ones, list):
+            candidates.append(tuple(ones))
+            candidates.append([None] + list(ones[1:]))
+        for g in candidates:
+            want: list[Any] = [None] * plan.npos
+            ok = _reference_walk(plan.root, g, want)
+            got = plan.gather(g, False)
+            assert (got is not None) == ok, (model, g)
+            if ok:
+                assert got is not None and all(map(lambda a, b: a is b, got, want))

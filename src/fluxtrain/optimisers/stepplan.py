@@ -254,8 +254,14 @@ def _walk(node: Any, g: Any, out: list[Any]) -> bool:
         kids = node[1]
         if type(g) not in (list, tuple) or len(g) != len(kids):
             return False
+        run = node[2]
+        if run is not None:  # every child a leaf, positions run[0], run[0] + 1, ...
+            out[run[0]:run[1]] = g
+            return True
         for child, sub in zip(kids, g):
-            if not _walk(child, sub, out):
+            if child[0] == _LEAF:  # inline: a call per parameter is most of this walk
+                out[child[1]] = sub
+            elif not _walk(child, sub, out):
                 return False
         return True
     # _DICT / _MOD: a mapping by name; every entry present
@@ -268,9 +274,23 @@ def _walk(node: Any, g: Any, out: list[Any]) -> bool:
         return False
     for key, child in zip(keys, kids):
         sub = g.get(key, _MISSING)
-        if sub is _MISSING or not _walk(child, sub, out):
+        if sub is _MISSING:
+            return False
+        if child[0] == _LEAF:
+            out[child[1]] = sub
+        elif not _walk(child, sub, out):
             return False
     return True
+
+
+def _leaf_run(kids: list[Any]) -> tuple[int, int] | None:
+    """``(a, b)`` if ``kids`` are leaves at positions ``a, a + 1, ..., b - 1``, else ``None``."""
+    if not kids or any(k[0] != _LEAF for k in kids):
+        return None
+    a = kids[0][1]
+    if [k[1] for k in kids] != list(range(a, a + len(kids))):
+        return None
+    return a, a + len(kids)
 
 
 # ---------------------------------------------------------------------- building
@@ -354,7 +374,8 @@ def _build(plan: StepPlan, st: Any, x: Any, enabled: bool, seen: dict[int, int],
             raise _Unplannable
         plan.seqs.append((x, tuple(x)))
         plan.seqs.append((st, tuple(st)))
-        return (_SEQ, [_build(plan, s, c, True, seen, "") for s, c in zip(st, x)])
+        kids = [_build(plan, s, c, True, seen, "") for s, c in zip(st, x)]
+        return (_SEQ, kids, _leaf_run(kids))
     raise _Unplannable
 
 
