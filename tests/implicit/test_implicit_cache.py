@@ -196,3 +196,30 @@ def test_gradients_that_require_grad_step_like_detached_ones() -> None:
             F.update_(opt, ps, F.Grads(list(zip(xs, grads)), ps))
         assert same(twins[0][1], twins[1][1]), step
     assert not any(x.requires_grad for x in twins[0][1])
+
+
+@pytest.mark.parametrize("name", ["Momentum", "Adam"])
+def test_one_optimiser_over_params_in_other_orders(name: str) -> None:
+    # the stored states are read off the state dict in one go only when its entries are
+    # exactly this step's, in this step's order; every other case looks each one up
+    old_cls, _ = OLD[name]
+    opt = old_cls()
+    shapes = [(4,)] * 4  # one shape: a state given to the wrong tensor would be accepted
+    xs = tensors(5, shapes)
+    xs[1] = xs[1].double()  # two (device, dtype) groups: the new states come out of order
+    ref_xs = [x.clone() for x in xs]
+    ref = Reference(opt._rule())
+    orders = [[0, 1, 2, 3], [3, 2, 1, 0], [0, 2], [0, 1, 2, 3], [1, 3], [2, 0, 3, 1]]
+    plist = [F.Params([xs[i] for i in o]) for o in orders]
+    for step in range(3 * len(orders)):
+        k = step % len(orders)
+        if step == 8:
+            del opt.state[xs[2]]  # a state deleted between steps: starts afresh
+            ref.states.pop(2)
+        g = tensors(60 + step, shapes)
+        g[1] = g[1].double()
+        gs = F.Grads([(xs[i], g[i]) for i in orders[k]], plist[k])
+        F.update_(opt, plist[k], gs)
+        ref.step(ref_xs, [g[i] if i in orders[k] else None for i in range(4)])
+        assert same(xs, ref_xs), step
+        assert all(opt.state[xs[i]] is not None for i in orders[k])

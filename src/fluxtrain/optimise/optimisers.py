@@ -27,6 +27,8 @@ under Flux's field names ``velocity``, ``acc``, ``current``).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from itertools import repeat
+from operator import is_
 from typing import Any, ClassVar
 
 import torch
@@ -274,7 +276,11 @@ def step_many_(
     try:
         pending = plan.prepare(rule, origs, xs, dxs) if subtract else None
         if pending is not None:
-            _commit_fused(opt, pending, lambda i, s: opt._put_state(xs[i], s), committed)
+            def store(order: list[int], new: list[State]) -> None:
+                for i, s in zip(order, new):
+                    opt._put_state(xs[i], s)
+
+            _commit_fused(opt, pending, store, committed)
             return [None] * len(xs)
         backup = [clone_state(s) for s in origs]
         new_states, steps = apply_batched(rule, origs, list(xs), list(dxs))
@@ -359,20 +365,20 @@ def step_fused_(
     if not plan.trusted(rule):
         return False
     data = opt._states.data
-    origs = []
-    for k in keys:
-        s = data.get(k, _NONE)
-        if s is _NONE:
-            return None
-        origs.append(s)
+    origs = _stored(data, keys)
+    if origs is None:
+        return None
     pending = plan.prepare(rule, origs, xs, dxs)
     if pending is None:
         return False
     done = [False]
 
-    def store(i: int, s: State) -> None:
-        if s is not origs[i]:  # Descent/Momentum keep their state objects: nothing to store
-            data[keys[i]] = s  # an existing entry: the stored key is kept
+    def store(order: list[int], new: list[State]) -> None:
+        olds = origs if order == list(range(len(origs))) else [origs[i] for i in order]
+        if all(map(is_, new, olds)):  # Descent/Momentum keep their state objects
+            return
+        # existing entries: the stored keys are kept
+        data.update((keys[i], s) for i, s, o in zip(order, new, olds) if s is not o)
 
     try:
         _commit_fused(opt, pending, store, done)
@@ -385,21 +391,38 @@ def step_fused_(
     return True
 
 
+def _stored(data: dict[Any, Any], keys: list[Any]) -> list[Any] | None:
+    """The states stored under ``keys`` in ``data`` (``opt._states.data``); ``None`` if one
+    is missing.
+
+    The usual case, every entry and in ``keys``' order, is read off a copy of the dict
+    without hashing a key (a weak key's ``__hash__`` is a Python call); the copy is
+    taken at once, so an entry removed meanwhile (a dead key) cannot misalign it.
+    """
+    if len(data) == len(keys):
+        snap = data.copy()
+        if len(snap) == len(keys) and all(map(is_, snap, keys)):
+            return list(snap.values())
+    origs = list(map(data.get, keys, repeat(_NONE)))
+    if any(map(is_, origs, repeat(_NONE))):
+        return None
+    return origs
+
+
 def _commit_fused(
     opt: AbstractOptimiser,
     pending: list[plan.Pending],
-    store: Callable[[int, State], None],
+    store: Callable[[list[int], list[State]], None],
     done: list[bool],
 ) -> None:
     """The commit of a fused step: run the checked steps (parameters and state in place),
-    ``store(i, state)`` for the ``i``-th leaf given to ``plan.prepare``, finish the step;
-    all with SIGINT deferred. ``done[0]`` is set before a held-back interrupt is raised."""
+    ``store(order, states)`` (``states[j]`` is the new state of the ``order[j]``-th leaf
+    given to ``plan.prepare``), finish the step; all with SIGINT deferred. ``done[0]`` is
+    set before a held-back interrupt is raised."""
     with defer_interrupts():
         new_states = [s for p in pending for s in p.run()]
         subtract_many_([], [])  # nothing left to subtract: the runs did it
-        order = [i for p in pending for i in p.idx]
-        for i, s in zip(order, new_states):
-            store(i, s)
+        store([i for p in pending for i in p.idx], new_states)
         opt._finish_step()
         done[0] = True
 
