@@ -45,7 +45,13 @@ class Case:
         pending = plan.prepare(self.rule, self.states, self.xs, self.dxs)
         assert pending is not None
         for p in pending:
-            for i, s in zip(p.idx, p.run()):
+            given = [self.states[i] for i in p.idx]
+            # kept: the new states are the given objects (callers then store nothing);
+            # and they are known before the run (callers may store them first)
+            assert p.kept == all(a is b for a, b in zip(p.states, given))
+            new = p.states
+            assert p.run() is new
+            for i, s in zip(p.idx, new):
                 self.states[i] = s
 
 

@@ -221,15 +221,19 @@ class Pending:
 
     ``run()`` performs it (state and parameters in place) and returns the new
     states; it allocates nothing and raises nothing for the checked inputs, so
-    callers run it inside their commit.
+    callers run it inside their commit. ``states`` are the new states already
+    (they hold the tensors ``run()`` updates), so a caller may store them before
+    running; ``kept`` says they are the very state objects given (Descent,
+    Momentum), so there is nothing to store.
     """
 
-    __slots__ = ("states", "idx", "_run")
+    __slots__ = ("states", "idx", "_run", "kept")
 
-    def __init__(self, states: list[State], run: Callable[[], None]) -> None:
+    def __init__(self, states: list[State], run: Callable[[], None], kept: bool = False) -> None:
         self.states = states
         self.idx: list[int] = []  # positions of this group's leaves in prepare's input
         self._run = run
+        self.kept = kept
 
     def run(self) -> list[State]:
         with torch.no_grad():
@@ -718,7 +722,7 @@ def _descent(rule: Any, ws: _Workspace, states: list[State], xs: list[torch.Tens
             _aten._foreach_mul.Scalar_out(dx, eta, out=s1)
             torch._foreach_sub_(x, s1)
 
-    return Pending(list(states), run)
+    return Pending(list(states), run, kept=True)
 
 
 def _momentum(rule: Any, ws: _Workspace, states: list[State], xs: list[torch.Tensor],
@@ -737,7 +741,7 @@ def _momentum(rule: Any, ws: _Workspace, states: list[State], xs: list[torch.Ten
                 vf.add_(sf)
                 torch._foreach_sub_(x, v)
 
-        return Pending(list(states), run)
+        return Pending(list(states), run, kept=True)
 
     def run_lists() -> None:
         for x, dx, v, s1 in runs:
@@ -746,7 +750,7 @@ def _momentum(rule: Any, ws: _Workspace, states: list[State], xs: list[torch.Ten
             torch._foreach_add_(v, s1)
             torch._foreach_sub_(x, v)
 
-    return Pending(list(states), run_lists)
+    return Pending(list(states), run_lists, kept=True)
 
 
 def _bias(states: list[Any], b1: float, b2: float, dt: torch.dtype) -> tuple[
@@ -1025,4 +1029,4 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
     def run(_keep: tuple[Any, ...] = tuple(keep)) -> None:
         step(*args)  # _keep: the arrays whose addresses args holds stay alive with run
 
-    return Pending(new_states, run)
+    return Pending(new_states, run, kept=cls is not R.Adam)

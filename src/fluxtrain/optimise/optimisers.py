@@ -420,9 +420,11 @@ def _commit_fused(
     given to ``plan.prepare``), finish the step; all with SIGINT deferred. ``done[0]`` is
     set before a held-back interrupt is raised."""
     with defer_interrupts():
-        new_states = [s for p in pending for s in p.run()]
+        # stored before the runs (which raise nothing), while the old states are in cache
+        store([i for p in pending for i in p.idx], [s for p in pending for s in p.states])
+        for p in pending:
+            p.run()
         subtract_many_([], [])  # nothing left to subtract: the runs did it
-        store([i for p in pending for i in p.idx], new_states)
         opt._finish_step()
         done[0] = True
 

@@ -224,12 +224,16 @@ def _commit_fused(leaves: list[Leaf], pending: list[plan.Pending]) -> None:
 def _run_fused(leaves: list[Leaf], pending: list[plan.Pending]) -> None:
     """Run checked fused steps over ``leaves`` and store their new states (inside a commit)."""
     for p in pending:
-        new = p.run()
-        if len(p.idx) == len(leaves):  # one group, in order: the usual case
-            list(map(setattr, leaves, repeat("state"), new))
+        # stored before the run (which raises nothing): the old states are dropped while
+        # they are still in cache, not after the kernel has streamed the arrays through it
+        if p.kept:  # Descent/Momentum: the leaves hold these very states
+            pass
+        elif len(p.idx) == len(leaves):  # one group, in order: the usual case
+            list(map(setattr, leaves, repeat("state"), p.states))
         else:
-            for i, s in zip(p.idx, new):
+            for i, s in zip(p.idx, p.states):
                 leaves[i].state = s
+        p.run()
 
 
 def _is_flat_names(grads: Any) -> bool:
