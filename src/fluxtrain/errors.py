@@ -63,15 +63,15 @@ def warn_deprecated(message: str, *, stacklevel: int = 2, key: str | None = None
     the function that calls ``warn_deprecated``. ``key`` distinguishes different
     warnings issued from the same line (defaults to the message).
     """
-    if _is_nonzero_rank():
-        return  # one process speaks for all in data-parallel training
     try:
         frame = sys._getframe(stacklevel)
         site = (frame.f_code.co_filename, frame.f_lineno, key or message)
     except ValueError:  # stack shallower than stacklevel
         site = ("<unknown>", 0, key or message)
     if site in _warned_sites:
-        return
+        return  # first: an old training loop passes here every step
+    if _is_nonzero_rank():
+        return  # one process speaks for all in data-parallel training
     _warned_sites.add(site)
     warnings.warn(message, FluxDeprecationWarning, stacklevel=stacklevel + 1)
 
