@@ -864,7 +864,7 @@ class _NativeCache:
     disjoint), against which each step's gradients are checked.
     """
 
-    __slots__ = ("key", "arrays", "addr", "lo", "hi", "one", "one_addr", "gstarts")
+    __slots__ = ("key", "arrays", "addr", "lo", "hi", "one", "one_addr", "gstarts", "seen")
 
     def __init__(self, key: Any, arrays: list[np.ndarray], lo: np.ndarray,
                  hi: np.ndarray, one: list[np.ndarray] | None, gstarts: np.ndarray) -> None:
@@ -879,6 +879,10 @@ class _NativeCache:
         self.one = one
         self.one_addr = [a.ctypes.data for a in one] if one is not None else None
         self.gstarts = gstarts
+        #: the last gradient addresses that passed the overlap check, as
+        #: ``(list, array, array address, back to back)``: the same addresses against
+        #: these same ranges (and gradient sizes: the shapes are in ``key``) pass again
+        self.seen: tuple[list[int], np.ndarray, int, bool] | None = None
 
 
 def _ranges(ptrs: list[int], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -946,11 +950,15 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
     lib = native.library()
     if lib is None:
         return None
+    seen = None
     if known is not None:
         if not known.contig:
             return None
         nc: _NativeCache | None = known.nc
-        gptr = np.array(known.gptr, dtype=np.int64)
+        seen = nc.seen if nc is not None else None
+        if seen is not None and seen[0] != known.gptr:
+            seen = None
+        gptr = seen[1] if seen is not None else np.array(known.gptr, dtype=np.int64)
         gsz = known.gsz
     else:
         if cls is R.Descent:
@@ -976,21 +984,25 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
         gsz = None
     if nc is None:
         return None
-    if nc.lo.size:
-        if gsz is None:
-            gsz = np.array([d.numel() for d in dxs], dtype=np.int64) * xs[0].element_size()
-        j = np.searchsorted(nc.lo, gptr + gsz, side="left") - 1
-        hit = (j >= 0) & (gsz > 0)
-        if bool(hit.any()) and bool((nc.hi[j[hit]] > gptr[hit]).any()):
-            return None  # a gradient shares memory with a parameter or state
+    if seen is None:
+        if nc.lo.size:
+            if gsz is None:
+                gsz = np.array([d.numel() for d in dxs], dtype=np.int64) * xs[0].element_size()
+            j = np.searchsorted(nc.lo, gptr + gsz, side="left") - 1
+            hit = (j >= 0) & (gsz > 0)
+            if bool(hit.any()) and bool((nc.hi[j[hit]] > gptr[hit]).any()):
+                return None  # a gradient shares memory with a parameter or state
+        # parameters, gradients and states each back to back: the kernel can take them
+        # as one leaf (the same elementwise arithmetic; Adam needs one βt for that)
+        seen = (list(map(int, gptr)) if known is None else known.gptr, gptr, gptr.ctypes.data,
+                nc.one_addr is not None and bool((gptr == gptr[0] + nc.gstarts).all()))
+        nc.seen = seen
     dt = xs[0].dtype
     f64 = int(dt is torch.float64)
     code = _RULE_CODE[cls]
     n = len(xs)
     xa, ma, va, offs = nc.addr
-    # parameters, gradients and states each back to back: the kernel can take them
-    # as one leaf (the same elementwise arithmetic; Adam needs one βt for that)
-    one = nc.one_addr is not None and bool((gptr == gptr[0] + nc.gstarts).all())
+    one = seen[3]
     nthreads = torch.get_num_threads()
     keep: list[Any] = [nc, gptr]
     step = lib.fluxtrain_step
@@ -1007,7 +1019,7 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
     if one:
         n = 1
         xa, ma, va, offs = nc.one_addr  # type: ignore[misc]
-    ga = gptr.ctypes.data  # its first entry is the first gradient's address
+    ga = seen[2]  # gptr's data: its first entry is the first gradient's address
     if cls is R.Descent:
         (eta,) = sc
         args: tuple[Any, ...] = (code, f64, n, xa, ga, None, None, offs, None, None, 0,
