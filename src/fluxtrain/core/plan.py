@@ -227,17 +227,22 @@ class Pending:
     Momentum), so there is nothing to store.
     """
 
-    __slots__ = ("states", "idx", "_run", "kept")
+    __slots__ = ("states", "idx", "_run", "kept", "raw")
 
-    def __init__(self, states: list[State], run: Callable[[], None], kept: bool = False) -> None:
+    def __init__(self, states: list[State], run: Callable[[], None], kept: bool = False,
+                 raw: bool = False) -> None:
         self.states = states
         self.idx: list[int] = []  # positions of this group's leaves in prepare's input
         self._run = run
         self.kept = kept
+        self.raw = raw  # run calls no torch operation (the native kernel): no autograd mode
 
     def run(self) -> list[State]:
-        with torch.no_grad():
+        if self.raw:
             self._run()
+        else:
+            with torch.no_grad():
+                self._run()
         return self.states
 
 
@@ -1041,4 +1046,4 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
     def run(_keep: tuple[Any, ...] = tuple(keep)) -> None:
         step(*args)  # _keep: the arrays whose addresses args holds stay alive with run
 
-    return Pending(new_states, run, kept=cls is not R.Adam)
+    return Pending(new_states, run, kept=cls is not R.Adam, raw=True)
