@@ -23,6 +23,9 @@ from fluxtrain.core import native, plan
 from fluxtrain.core import rules as R
 from fluxtrain.core.batched import CPU_CHUNK_BYTES
 
+# every test twice: per-step checks read from Python, and by the C++ bulk reads
+pytestmark = pytest.mark.usefixtures("tensor_reads")
+
 RULES: dict[str, Callable[[], Any]] = {
     "Descent": lambda: R.Descent(0.1),
     "Momentum": lambda: R.Momentum(0.01, 0.9),

@@ -26,7 +26,9 @@ from fluxtrain import optimisers as O
 from fluxtrain.core import native, plan
 from fluxtrain.flat import FlatLayout, flatten_
 
-pytestmark = pytest.mark.filterwarnings("ignore::fluxtrain.FluxDeprecationWarning")
+# every test twice: per-step checks read from Python, and by the C++ bulk reads
+pytestmark = [pytest.mark.filterwarnings("ignore::fluxtrain.FluxDeprecationWarning"),
+              pytest.mark.usefixtures("tensor_reads")]
 
 RULES: dict[str, Callable[[], Any]] = {
     "Adam": lambda: O.Adam(0.01),

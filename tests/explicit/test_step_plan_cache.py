@@ -21,6 +21,9 @@ import fluxtrain as F
 from fluxtrain import optimisers as O
 from fluxtrain.optimisers import stepplan
 
+# every test twice: per-step checks read from Python, and by the C++ bulk reads
+pytestmark = pytest.mark.usefixtures("tensor_reads")
+
 
 def snap(x: Any) -> list[Any]:
     out: list[Any] = []

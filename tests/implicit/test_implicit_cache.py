@@ -18,7 +18,9 @@ import fluxtrain as F
 from fluxtrain import optimise as oldopt
 from fluxtrain.core import rules as R
 
-pytestmark = pytest.mark.filterwarnings("ignore::fluxtrain.FluxDeprecationWarning")
+# every test twice: per-step checks read from Python, and by the C++ bulk reads
+pytestmark = [pytest.mark.filterwarnings("ignore::fluxtrain.FluxDeprecationWarning"),
+              pytest.mark.usefixtures("tensor_reads")]
 
 OLD = {"Descent": (oldopt.Descent, R.Descent), "Momentum": (oldopt.Momentum, R.Momentum),
        "Adam": (oldopt.Adam, R.Adam)}

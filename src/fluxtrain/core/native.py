@@ -100,14 +100,18 @@ def _version(cc: list[str]) -> str:
     return out.stdout + out.stderr
 
 
-def _compile(cc: list[str], flags: tuple[str, ...], src: Path, target: Path) -> str | None:
-    """Compile to a temporary name next to ``target``, then rename (atomic). Error or None."""
+def _compile(cc: list[str], flags: tuple[str, ...], src: Path, target: Path,
+             after: tuple[str, ...] = (), timeout: float = _COMPILE_TIMEOUT_S) -> str | None:
+    """Compile to a temporary name next to ``target``, then rename (atomic). Error or None.
+
+    ``after``: arguments after the source (libraries to link).
+    """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
     os.close(fd)
     try:
-        res = subprocess.run(cc + list(flags) + ["-o", tmp, str(src)], capture_output=True,
-                             text=True, timeout=_COMPILE_TIMEOUT_S)
+        res = subprocess.run(cc + list(flags) + ["-o", tmp, str(src)] + list(after),
+                             capture_output=True, text=True, timeout=timeout)
         if res.returncode != 0:
             return (res.stderr or res.stdout).strip()[-2000:] or f"exit {res.returncode}"
         os.replace(tmp, target)

@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fluxtrain.core import base, native
+from fluxtrain.core import base, native, tensormeta
 from fluxtrain.core import rules as R
 from fluxtrain.core.base import State, maywrite
 from fluxtrain.core.batched import CPU_CHUNK_BYTES
@@ -467,7 +467,7 @@ class _Leaves:
 
     __slots__ = ("n", "xmode", "xfp", "smodes", "sfp", "ptrs", "numels", "big", "groups",
                  "last", "flat", "armed", "xids", "gids", "gptr", "refs", "counts",
-                 "__weakref__")
+                 "meta", "xkey", "xlike", "skeys", "__weakref__")
 
     def __init__(self, cls: type, nstate: int, table: dict[Any, Any], thread: int,
                  states: Sequence[Any], xs: Sequence[torch.Tensor], out: list[Pending]) -> None:
@@ -477,6 +477,14 @@ class _Leaves:
         self.xfp = _fingerprint(xs, self.xmode)
         self.smodes = [_mode(ts) for ts in slots]
         self.sfp = [_fingerprint(ts, m) for ts, m in zip(slots, self.smodes)]
+        # the same facts as bytes, read in one call per list by the C++ extension (once it
+        # is built): what the per-step checks then compare instead of the lists above
+        self.meta = meta = tensormeta.module()
+        if meta is not None:
+            self.xkey, self.xlike = meta.fingerprint(list(xs)), meta.like(list(xs))
+            self.skeys = [meta.fingerprint(ts) for ts in slots]
+            if self.xkey is None or self.xlike is None or None in self.skeys:
+                self.meta = None
         self.numels = list(map(torch.Tensor.numel, xs))
         self.ptrs = {p for p, k in zip(self.xfp[1], self.numels) if k}
         self.big = [i for i, x in enumerate(xs) if _big(x, x.device)]
@@ -539,6 +547,9 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
         out = _prepare_flat(lc, cls, rule, nstate, table, thread, states, xs, dxs)
         if out is not None:
             return out
+    meta = lc.meta
+    if meta is not None:  # the same checks, list by list in C++ (fluxtrain.core.tensormeta)
+        return _prepare_meta(lc, meta, cls, rule, nstate, table, thread, states, xs, dxs)
     if _fingerprint(xs, lc.xmode) != lc.xfp:
         return _MISS
     slots = _slots(nstate, states)
@@ -549,12 +560,8 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
         if [list(map(_ptr, ts)) for ts in slots] != [fp[1] for fp in lc.sfp]:
             return _MISS
     else:
-        if nstate == 2:
-            if list(map(type, states)).count(R.AdamState) != n:
-                return _MISS
-            bts = list(map(_beta_t, states))
-            if list(map(type, bts)).count(tuple) != n or list(map(len, bts)).count(2) != n:
-                return None
+        if not _adam_states_ok(nstate, n, states):
+            return _MISS if nstate == 2 and _not_adam(n, states) else None
         if [_fingerprint(ts, m) for ts, m in zip(slots, lc.smodes)] != lc.sfp:
             return _MISS
     # maywrite(x), as base.maywrite reads it (both can change without a new fingerprint)
@@ -570,13 +577,71 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
             or list(map(_shape, dxs)) != xfp[2]):
         return None
     dptrs = list(map(_ptr, dxs))
+    dcont = list(map(_contig, dxs))
+    return _prepare_tail(lc, cls, rule, nstate, table, thread, states, xs, dxs, dptrs, dcont)
+
+
+def _not_adam(n: int, states: Sequence[Any]) -> bool:
+    return list(map(type, states)).count(R.AdamState) != n
+
+
+def _adam_states_ok(nstate: int, n: int, states: Sequence[Any]) -> bool:
+    """For Adam: every state an ``AdamState`` whose βt is a pair (else the full checks)."""
+    if nstate != 2:
+        return True
+    if _not_adam(n, states):
+        return False
+    bts = list(map(_beta_t, states))
+    return list(map(type, bts)).count(tuple) == n and list(map(len, bts)).count(2) == n
+
+
+def _prepare_meta(lc: _Leaves, meta: Any, cls: type, rule: object, nstate: int,
+                  table: dict[Any, Any], thread: int, states: Sequence[Any],
+                  xs: Sequence[torch.Tensor], dxs: Sequence[torch.Tensor]) -> Any:
+    """:func:`_prepare_cached`'s checks with the C++ reads: equal bytes, equal fields.
+
+    The parameters' fingerprint includes the inference flag (a full prepare refuses
+    inference tensors, so a change is a miss that the full checks then refuse).
+    """
+    n = lc.n
+    xl = xs if type(xs) is list else list(xs)
+    if meta.fingerprint(xl) != lc.xkey:
+        return _MISS
+    slots = _slots(nstate, states)
+    if nstate and lc.last is not None and all(map(is_, states, lc.last)):
+        if [meta.addresses(ts) for ts in slots] != [fp[1] for fp in lc.sfp]:
+            return _MISS  # a state tensor re-pointed in place
+    else:
+        if not _adam_states_ok(nstate, n, states):
+            return _MISS if nstate == 2 and _not_adam(n, states) else None
+        if [meta.fingerprint(ts) for ts in slots] != lc.skeys:
+            return _MISS
+    if any(map(getattr, xs, repeat(_RO), repeat(False))):
+        return None
+    types = list(map(type, dxs))
+    if types.count(torch.Tensor) + types.count(torch.nn.Parameter) != n:
+        return None
+    dl = dxs if type(dxs) is list else list(dxs)
+    if meta.like(dl) != lc.xlike:
+        return None  # a gradient of another dtype, device or shape (or not readable)
+    dptrs = meta.addresses(dl)
+    if dptrs is None:
+        return None
+    dcont = [True] * n if meta.all_contiguous(dl) else list(map(_contig, dxs))
+    return _prepare_tail(lc, cls, rule, nstate, table, thread, states, xs, dxs, dptrs, dcont)
+
+
+def _prepare_tail(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict[Any, Any],
+                  thread: int, states: Sequence[Any], xs: Sequence[torch.Tensor],
+                  dxs: Sequence[torch.Tensor], dptrs: list[int], dcont: list[bool]) -> Any:
+    """The rest of :func:`_prepare_cached` once parameters, states and gradients passed."""
+    n = lc.n
     ptrs = lc.ptrs
     if not ptrs.isdisjoint(dptrs):
         numels = lc.numels
         for i in range(n):
             if dxs[i] is not xs[i] and numels[i] and dptrs[i] in ptrs:
                 return None
-    dcont = list(map(_contig, dxs))
     dall = dcont.count(True) == n
     if not dall:
         for i in lc.big:
@@ -678,8 +743,11 @@ def _prepare_flat(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict
     one to another place *of the same buffer* is not detected (it would also be
     pointless). Without torch's storage counter every address is read instead.
     """
-    if (list(map(id, dxs)) != lc.gids or list(map(id, xs)) != lc.xids
-            or list(map(_ptr, xs)) != lc.xfp[1]):
+    if list(map(id, dxs)) != lc.gids or list(map(id, xs)) != lc.xids:
+        return None
+    xptrs = (lc.meta.addresses(xs if type(xs) is list else list(xs)) if lc.meta is not None
+             else list(map(_ptr, xs)))
+    if xptrs != lc.xfp[1]:
         return None
     if nstate and (lc.last is None or not all(map(is_, states, lc.last))):
         return None

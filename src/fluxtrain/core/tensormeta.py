@@ -1,0 +1,244 @@
+"""Bulk reads of tensor metadata for the fused step's checks: build, cache and load.
+
+Every fused step re-checks each parameter's type, address, dtype, device, shape,
+layout and inference flag, and each gradient's dtype, device, shape and address
+(``fluxtrain.core.plan``). From Python that is one attribute read per tensor and
+field, about a microsecond per leaf in all; ``_native/tensormeta.cpp`` reads a
+whole list in one call instead (equal bytes mean equal fields).
+
+It is a small CPython extension built against the installed torch (its headers
+and libraries) with the system C++ compiler (``$CXX`` or ``c++``), cached next to
+the step kernel (:func:`fluxtrain.core.native.cache_dir`) under a name keyed by the
+source, the compiler, torch and Python. A cached build loads at once. Otherwise the
+build (some seconds) runs on a background thread started by the first
+:func:`module` call, and the steps use the Python reads until it is done: nothing
+waits for it. If there is no compiler, the build fails or its self-check does, or
+``FLUXTRAIN_NATIVE=0`` is set, :func:`module` stays ``None`` and the Python reads
+stay in use (:func:`why_unavailable` says why). The decisions are the same either
+way; the tests run both.
+
+>>> from fluxtrain.core import tensormeta
+>>> m = tensormeta.module(wait=True)
+>>> m is None or m.addresses([]) == []
+True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import logging
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from fluxtrain.core import native
+
+__all__ = ["module", "why_unavailable"]
+
+log = logging.getLogger(__name__)
+
+_SOURCE = Path(__file__).with_name("_native") / "tensormeta.cpp"
+#: must match FLUXTRAIN_TENSORMETA_ABI in tensormeta.cpp
+ABI = 1
+#: C++ standards tried in order (newer torch headers ask for C++17 at least)
+_STANDARDS = ("-std=c++17", "-std=c++20")
+_BUILD_TIMEOUT_S = 300
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {}  # "mod" (module or None, once decided), "why", "thread"
+
+
+def _disabled() -> bool:
+    return os.environ.get("FLUXTRAIN_NATIVE", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+def _compiler() -> list[str] | None:
+    parts = shlex.split(os.environ.get("CXX") or "c++")
+    if not parts or shutil.which(parts[0]) is None:
+        return None
+    return parts
+
+
+def _torch_build() -> tuple[list[str], list[str], str]:
+    """Compile flags and link arguments for the installed torch, and its identity."""
+    import torch
+
+    root = Path(torch.__file__).parent
+    include = [root / "include", root / "include" / "torch" / "csrc" / "api" / "include"]
+    abi = int(bool(getattr(torch._C, "_GLIBCXX_USE_CXX11_ABI", True)))
+    cflags = ["-O2", "-shared", "-fPIC", "-w", f"-D_GLIBCXX_USE_CXX11_ABI={abi}",
+              f"-I{sysconfig.get_paths()['include']}"] + [f"-I{p}" for p in include]
+    lib = root / "lib"
+    link = [f"-L{lib}", "-lc10", "-ltorch", "-ltorch_cpu", "-ltorch_python",
+            f"-Wl,-rpath,{lib}"]
+    return cflags, link, f"{torch.__version__} {root}"
+
+
+def _target(key_parts: list[bytes]) -> Path:
+    key = hashlib.sha256(b"\0".join(key_parts)).hexdigest()[:24]
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    return native.cache_dir() / f"tensormeta-{key}{suffix}"
+
+
+def _load_file(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location("fluxtrain_tensormeta", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _selfcheck(mod: ModuleType) -> str | None:
+    """The extension's answers against torch's own reads on a few tensors; error or None."""
+    import torch
+
+    a = torch.arange(12.0).reshape(3, 4)
+    ts = [a, a.t(), a[1:], torch.zeros(2, dtype=torch.float64), torch.nn.Parameter(a.clone()),
+          torch.empty(0)]
+    if mod.abi() != ABI:
+        return "tensormeta: interface version mismatch"
+    if mod.addresses(ts) != [t.data_ptr() for t in ts]:
+        return "tensormeta: addresses differ from data_ptr()"
+    if mod.all_contiguous(ts) is not False or mod.all_contiguous([a, a[1:]]) is not True:
+        return "tensormeta: contiguity differs from is_contiguous()"
+    fp = mod.fingerprint
+    if (fp(ts) != fp(list(ts)) or fp([a]) == fp([a.clone()])
+            or fp([a]) == fp([a.view(4, 3)]) or fp([a.t()]) == fp([a.t().contiguous().t()])
+            or fp([a]) == fp([torch.nn.Parameter(a)]) or fp([a, 1]) is not None):
+        return "tensormeta: fingerprints do not tell the tensors apart"
+    like = mod.like
+    if (like([a, a.t()]) != like([torch.zeros(3, 4), torch.zeros(4, 3)])
+            or like([a]) == like([a.double()]) or like([a]) == like([a.view(12)])):
+        return "tensormeta: like() does not compare dtype and shape"
+    return None
+
+
+def _candidates() -> tuple[list[tuple[str, tuple[str, ...], Path]], list[str], list[str]]:
+    """The builds to try (standard, flags, cache file), the link arguments and the compiler."""
+    cxx = _compiler()
+    if cxx is None:
+        raise OSError(f"no C++ compiler found ({os.environ.get('CXX') or 'c++'!r}; set CXX)")
+    try:
+        version = subprocess.run(cxx + ["--version"], capture_output=True, text=True,
+                                 timeout=60).stdout
+    except subprocess.SubprocessError as exc:
+        raise OSError(f"cannot run {cxx[0]!r} --version: {exc}") from exc
+    src = _SOURCE.read_bytes()
+    cflags, link, torch_id = _torch_build()
+    out = []
+    for std in _STANDARDS:
+        flags = tuple(cflags + [std])
+        out.append((std, flags, _target([src, " ".join(cxx).encode(), " ".join(flags).encode(),
+                                         version.encode(), torch_id.encode(),
+                                         sys.version.encode(), platform.machine().encode(),
+                                         str(ABI).encode()])))
+    return out, link, cxx
+
+
+def _checked(target: Path) -> ModuleType:
+    """Load ``target`` and self-check it (ImportError/OSError with the reason if not)."""
+    mod = _load_file(target)
+    why = _selfcheck(mod)
+    if why is not None:
+        raise ImportError(why)
+    return mod
+
+
+def _cached() -> tuple[ModuleType | None, str | None]:
+    """A cached build that loads and passes its check: ``(module, None)``; ``(None, None)``
+    if there is none (build one); ``(None, why)`` if there can be none."""
+    try:
+        cands, _, _ = _candidates()
+    except OSError as exc:
+        return None, str(exc)
+    for _, _, target in cands:
+        if target.is_file():
+            try:
+                return _checked(target), None
+            except (ImportError, OSError):
+                continue  # rebuilt by _build
+    return None, None
+
+
+def _build() -> tuple[ModuleType | None, str]:
+    """Build and load the extension: the module, or None and why not."""
+    try:
+        cands, link, cxx = _candidates()
+    except OSError as exc:
+        return None, str(exc)
+    errors = []
+    for std, flags, target in cands:
+        err = native._compile(cxx, flags, _SOURCE, target, after=tuple(link),
+                              timeout=_BUILD_TIMEOUT_S)
+        if err is not None:
+            errors.append(f"{' '.join(cxx)} {std}: {err}")
+            continue
+        try:
+            return _checked(target), ""
+        except (ImportError, OSError) as exc:
+            errors.append(f"{target}: {exc}")
+    return None, "; ".join(errors) or "unknown failure"
+
+
+def _finish(mod: ModuleType | None, why: str) -> None:
+    _state["mod"] = mod  # before "why": a reader that sees "why" finds the module
+    _state["why"] = why
+    if mod is None:
+        log.debug("fluxtrain tensormeta unavailable (Python reads in use): %s", why)
+
+
+def module(wait: bool = False) -> ModuleType | None:
+    """The loaded extension, or ``None`` while it is not (yet) available.
+
+    The first call starts the build on a background thread unless a cached build
+    exists; ``wait=True`` waits for the build to end (tests, benchmarks).
+    """
+    mod = _state.get("mod")
+    if mod is not None or "why" in _state:
+        return mod
+    with _lock:
+        if "why" not in _state and "thread" not in _state:
+            if _disabled():
+                _finish(None, "disabled by FLUXTRAIN_NATIVE=0")
+            elif not _SOURCE.is_file():
+                _finish(None, f"source {_SOURCE} is missing")
+            else:
+                mod, why = _cached()
+                if mod is not None or why is not None:
+                    _finish(mod, why or "")
+                else:  # build in the background; the Python reads serve meanwhile
+                    build = threading.Thread(target=lambda: _finish(*_build()), daemon=True,
+                                             name="fluxtrain-tensormeta-build")
+                    _state["thread"] = build
+                    build.start()
+        running: threading.Thread | None = _state.get("thread")
+    if wait and running is not None:
+        running.join()
+    return _state.get("mod")
+
+
+def why_unavailable() -> str:
+    """Empty if :func:`module` is loaded; otherwise why not (or that it is building)."""
+    if _state.get("mod") is not None:
+        return ""
+    return str(_state.get("why", "being built"))
+
+
+def _reset() -> None:
+    """Forget the loaded extension (tests: re-read the environment at the next use)."""
+    with _lock:
+        th = _state.get("thread")
+        if th is not None:
+            th.join()
+        _state.clear()

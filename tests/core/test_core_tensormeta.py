@@ -1,0 +1,143 @@
+"""The C++ bulk reads of tensor metadata against torch's own Python reads.
+
+Truth: ``type(t)``, ``t.data_ptr()``, ``t.dtype``, ``t.device``, ``t.shape``,
+``t.stride()``, ``t.is_contiguous()``, ``t.is_inference()`` read tensor by tensor.
+"""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from fluxtrain.core import tensormeta
+
+
+@pytest.fixture(scope="module")
+def meta() -> Any:
+    m = tensormeta.module(wait=True)
+    if m is None:
+        pytest.skip(f"tensormeta unavailable: {tensormeta.why_unavailable()}")
+    return m
+
+
+class Sub(torch.Tensor):
+    pass
+
+
+def variety() -> list[torch.Tensor]:
+    a = torch.arange(24.0).reshape(2, 3, 4)
+    with torch.inference_mode():
+        inf = torch.ones(3)
+    return [a, a.transpose(0, 2), a[:, 1:], a[0, 0, 0], torch.zeros(0, 5),
+            torch.ones(5, dtype=torch.float64), torch.nn.Parameter(torch.ones(2, 2)),
+            torch.ones(3).as_subclass(Sub), torch.ones(4, dtype=torch.int32), inf,
+            torch.ones(3, 1).expand(3, 4), a.view(-1)[::2]]
+
+
+def words(b: bytes) -> list[int]:
+    return list(struct.unpack(f"{len(b) // 8}q", b))
+
+
+def test_fingerprint_decodes_to_each_tensors_fields(meta: Any) -> None:
+    ts = variety()
+    w = words(meta.fingerprint(ts))
+    dtypes: dict[int, torch.dtype] = {}
+    for t in ts:
+        head, w = w[:8], w[8:]
+        tp, ptr, dt, devtype, devidx, dim, contig, inference = head
+        assert tp == id(type(t)) and ptr == t.data_ptr()
+        assert dtypes.setdefault(dt, t.dtype) == t.dtype  # one code per dtype
+        assert (devtype, devidx) == (0, -1)  # CPU, no index
+        assert dim == t.dim() and contig == t.is_contiguous() and inference == t.is_inference()
+        sizes, w = w[:dim], w[dim:]
+        assert sizes == list(t.shape)
+        if not contig:
+            strides, w = w[:dim], w[dim:]
+            assert strides == list(t.stride())
+    assert w == []
+    assert len(set(dtypes.values())) == len(dtypes) == 3
+
+
+def test_like_addresses_and_contiguity_equal_the_python_reads(meta: Any) -> None:
+    ts = variety()
+    assert meta.addresses(ts) == [t.data_ptr() for t in ts]
+    assert meta.all_contiguous(ts) is False
+    assert meta.all_contiguous([t for t in ts if t.is_contiguous()]) is True
+    assert meta.all_contiguous([]) is True
+    w = words(meta.like(ts))
+    for t in ts:
+        dt, devtype, devidx, dim = w[:4]
+        assert dim == t.dim() and w[4:4 + dim] == list(t.shape)
+        w = w[4 + dim:]
+    assert w == []
+    # like() ignores type, address and layout, and sees dtype, shape and device
+    a = torch.ones(3, 4)
+    assert meta.like([a]) == meta.like([torch.nn.Parameter(a.t().contiguous().t())])
+    assert meta.like([a]) != meta.like([a.double()])
+    assert meta.like([a]) != meta.like([a.view(4, 3)])
+
+
+def test_fingerprints_tell_apart_what_the_checks_must(meta: Any) -> None:
+    fp = meta.fingerprint
+    x = torch.ones(4, 4)
+    before = fp([x])
+    assert fp([x]) == before  # same tensor, nothing changed
+    for change in (lambda t: t.resize_(16), lambda t: t.t_(), lambda t: t.set_(torch.ones(4, 4)),
+                   lambda t: setattr(t, "data", t.data.view(torch.int32)),
+                   lambda t: setattr(t, "data", t.data.view(2, 8))):
+        y = torch.ones(4, 4)
+        was = fp([y])
+        change(y)
+        assert fp([y]) != was
+
+
+def test_anything_but_a_list_of_tensors_answers_none(meta: Any) -> None:
+    x = torch.ones(2)
+    for bad in ([x, 1.0], [x, None], (x,), x, None, [torch.ones(2).numpy()]):
+        assert meta.fingerprint(bad) is None
+        assert meta.like(bad) is None
+        assert meta.addresses(bad) is None
+        assert meta.all_contiguous(bad) is None
+    # a tensor kind whose C++ reads throw: None, not a crash
+    sparse = torch.ones(2, 2).to_sparse()
+    assert meta.fingerprint([sparse]) is None
+    assert meta.addresses([sparse]) is None
+
+
+@pytest.mark.parametrize("env", [("FLUXTRAIN_NATIVE", "0"), ("CXX", "/nonexistent/c++"),
+                                 ("CXX", "false")])
+def test_unavailable_builds_leave_the_python_reads(env: tuple[str, str], tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLUXTRAIN_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv(*env)
+    tensormeta._reset()
+    try:
+        assert tensormeta.module(wait=True) is None
+        why = tensormeta.why_unavailable()
+        assert {"FLUXTRAIN_NATIVE": "FLUXTRAIN_NATIVE=0", "/nonexistent/c++": "no C++ compiler",
+                "false": "false"}[env[1] if env[0] == "CXX" else env[0]] in why
+        assert not list(tmp_path.glob("tensormeta-*"))  # nothing half-built is left
+    finally:
+        monkeypatch.undo()
+        tensormeta._reset()
+
+
+@pytest.mark.slow  # a real build: some tens of seconds
+def test_a_corrupt_cached_build_is_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                           meta: Any) -> None:
+    monkeypatch.setenv("FLUXTRAIN_CACHE_DIR", str(tmp_path))
+    tensormeta._reset()
+    try:
+        cands, _, _ = tensormeta._candidates()
+        cands[0][2].parent.mkdir(parents=True, exist_ok=True)
+        cands[0][2].write_bytes(b"not a shared library")
+        m = tensormeta.module(wait=True)
+        assert m is not None, tensormeta.why_unavailable()
+        assert m.addresses([torch.ones(1)]) is not None
+    finally:
+        monkeypatch.undo()
+        tensormeta._reset()
