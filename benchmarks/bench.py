@@ -31,6 +31,7 @@ from torch import nn
 
 import fluxtrain
 from fluxtrain import optimisers as O
+from fluxtrain.core import native, tensormeta
 
 Row = tuple[str, Callable[[], object]]
 
@@ -271,12 +272,18 @@ def main(argv: list[str] | None = None) -> int:
     # many short rounds: a slow spell of the shared host lands on every row alike
     scale, rounds, min_time = (0.05, 1, 0.02) if args.quick else (1.0, 9, 0.04)
 
+    # the steady state: the step's C++ metadata reads built (or known unavailable) first
+    meta = tensormeta.module(wait=True)
     lines = [
         "# Benchmark results",
         "",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{'quick' if args.quick else 'full'} run, medians in ms per step "
         "(ratios are what to compare: the host is shared).",
+        "",
+        f"{native.describe()}; per-step checks: "
+        + ("C++ bulk reads (fluxtrain.core.tensormeta)." if meta is not None
+           else f"Python reads ({tensormeta.why_unavailable()})."),
         "",
     ]
     lines += optimiser_sections("cpu", scale, rounds, min_time)

@@ -374,11 +374,14 @@ def step_fused_(
     done = [False]
 
     def store(order: list[int], new: list[State]) -> None:
-        olds = origs if order == list(range(len(origs))) else [origs[i] for i in order]
-        if all(map(is_, new, olds)):  # Descent/Momentum keep their state objects
-            return
         # existing entries: the stored keys are kept
-        data.update((keys[i], s) for i, s, o in zip(order, new, olds) if s is not o)
+        if order == list(range(len(origs))):  # one group, in order: the usual case
+            if not all(map(is_, new, origs)):  # (Descent/Momentum keep their state objects)
+                data.update(zip(keys, new))
+            return
+        for i, s in zip(order, new):
+            if s is not origs[i]:
+                data[keys[i]] = s
 
     try:
         _commit_fused(opt, pending, store, done)
