@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import torch
 
-from fluxtrain.core import native, plan
+from fluxtrain.core import native, plan, tensormeta
 from fluxtrain.core import rules as R
 from fluxtrain.core.batched import CPU_CHUNK_BYTES
 
@@ -378,3 +378,32 @@ def test_defer_interrupts_leaves_other_handlers_and_restores_default() -> None:
         finally:
             signal.signal(signal.SIGINT, old)
     assert seen == [signal.SIGINT]
+
+
+@pytest.mark.parametrize("name", list(RULES))
+def test_reads_built_later_take_over_without_a_miss(name: str, tensor_reads: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leaf set recorded while the C++ reads were still being built switches to them
+    once they exist, at the next step that passed the Python checks, with the same bits."""
+    if tensor_reads != "tensormeta":
+        pytest.skip("needs the C++ reads")
+    built = tensormeta.module()
+    ready = [False]
+    monkeypatch.setattr(tensormeta, "module", lambda wait=False: built if ready[0] else None)
+    used = []
+    orig = plan._prepare_meta
+    monkeypatch.setattr(plan, "_prepare_meta", lambda *a: used.append(1) or orig(*a))
+    c = Case(RULES[name](), SHAPES)
+    ref_rule = RULES[name]()
+    rxs = [x.clone() for x in c.xs]
+    rst = [ref_rule.init(x) for x in rxs]
+    for k in range(6):
+        ready[0] = k >= 3  # "the build finished" before step 3
+        c.step()
+        for i, (x, dx) in enumerate(zip(rxs, c.dxs)):
+            rst[i], step = ref_rule.apply(rst[i], x, dx)
+            x.sub_(step)
+        assert all(torch.equal(a, b) for a, b in zip(c.xs, rxs)), k
+    lc = cached(c.rule)
+    assert lc is not None and lc.meta is built
+    assert len(used) == 2  # steps 4 and 5 (step 3 ran the Python checks, then adopted)

@@ -479,12 +479,8 @@ class _Leaves:
         self.sfp = [_fingerprint(ts, m) for ts, m in zip(slots, self.smodes)]
         # the same facts as bytes, read in one call per list by the C++ extension (once it
         # is built): what the per-step checks then compare instead of the lists above
-        self.meta = meta = tensormeta.module()
-        if meta is not None:
-            self.xkey, self.xlike = meta.fingerprint(list(xs)), meta.like(list(xs))
-            self.skeys = [meta.fingerprint(ts) for ts in slots]
-            if self.xkey is None or self.xlike is None or None in self.skeys:
-                self.meta = None
+        self.meta: Any = None
+        self.adopt(xs, slots)
         self.numels = list(map(torch.Tensor.numel, xs))
         self.ptrs = {p for p, k in zip(self.xfp[1], self.numels) if k}
         self.big = [i for i, x in enumerate(xs) if _big(x, x.device)]
@@ -519,6 +515,17 @@ class _Leaves:
         self.gptr: list[int] = []
         self.refs: list[weakref.ref[Any]] = []
         self.counts: list[tuple[int, int]] = []
+
+    def adopt(self, xs: Sequence[torch.Tensor], slots: list[list[torch.Tensor]]) -> None:
+        """Take the C++ reads for later steps, if built, recording ``xs``' and ``slots``'
+        fields now: call it only with tensors that match this record (just checked)."""
+        meta = tensormeta.module()
+        if meta is None:
+            return
+        xl = list(xs)
+        xkey, xlike, skeys = meta.fingerprint(xl), meta.like(xl), list(map(meta.fingerprint, slots))
+        if xkey is not None and xlike is not None and None not in skeys:
+            self.xkey, self.xlike, self.skeys, self.meta = xkey, xlike, skeys, meta
 
     def remember(self, out: list[Pending]) -> None:
         """Record the states ``out`` will return (the next step's inputs, once committed).
@@ -578,7 +585,12 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
         return None
     dptrs = list(map(_ptr, dxs))
     dcont = list(map(_contig, dxs))
-    return _prepare_tail(lc, cls, rule, nstate, table, thread, states, xs, dxs, dptrs, dcont)
+    out = _prepare_tail(lc, cls, rule, nstate, table, thread, states, xs, dxs, dptrs, dcont)
+    if out is not None:
+        # the C++ reads, built in the background meanwhile, take over from the next step:
+        # the parameters and states have just matched this record
+        lc.adopt(xs, slots)
+    return out
 
 
 def _not_adam(n: int, states: Sequence[Any]) -> bool:
