@@ -382,3 +382,19 @@ def test_gather_shortcuts_equal_the_recursive_walk() -> None:
             assert (got is not None) == ok, (model, g)
             if ok:
                 assert got is not None and all(map(lambda a, b: a is b, got, want))
+
+
+def test_a_parameter_whose_data_turns_integer_is_refused_as_before() -> None:
+    # .data of an integer dtype keeps the object, but the tensor is no longer trainable:
+    # the cached step must see it (the plan is stale) and raise the general walk's error
+    torch.manual_seed(3)
+    m = [torch.randn(4), torch.randn(3)]
+    st = O.setup(O.Momentum(0.1), m)
+    for _ in range(3):
+        O.update_(st, m, [torch.full((4,), 0.5), torch.full((3,), 0.25)])
+    assert stepplan.lookup(st, m) is not None
+    m[1].data = torch.arange(3)
+    before = snap((m, st))
+    with pytest.raises(ValueError, match="the model has a torch.int64 tensor"):
+        O.update_(st, m, [torch.full((4,), 0.5), None])
+    assert equal(before, snap((m, st)))

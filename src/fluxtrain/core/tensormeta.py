@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("_native") / "tensormeta.cpp"
 #: must match FLUXTRAIN_TENSORMETA_ABI in tensormeta.cpp
-ABI = 1
+ABI = 2
 #: C++ standards tried in order (newer torch headers ask for C++17 at least)
 _STANDARDS = ("-std=c++17", "-std=c++20")
 _BUILD_TIMEOUT_S = 300
@@ -117,6 +117,10 @@ def _selfcheck(mod: ModuleType) -> str | None:
             or fp([a]) == fp([a.view(4, 3)]) or fp([a.t()]) == fp([a.t().contiguous().t()])
             or fp([a]) == fp([torch.nn.Parameter(a)]) or fp([a, 1]) is not None):
         return "tensormeta: fingerprints do not tell the tensors apart"
+    if (mod.all_float_or_complex([a, a.double(), a.to(torch.complex64)]) is not True
+            or mod.all_float_or_complex([a, a.int()]) is not False
+            or mod.all_require_grad([ts[4]]) is not True or mod.all_require_grad(ts) is not False):
+        return "tensormeta: dtype kinds or requires_grad differ from torch's"
     like = mod.like
     if (like([a, a.t()]) != like([torch.zeros(3, 4), torch.zeros(4, 3)])
             or like([a]) == like([a.double()]) or like([a]) == like([a.view(12)])):

@@ -59,7 +59,7 @@ import torch
 from torch import nn
 
 from fluxtrain import core
-from fluxtrain.core import plan
+from fluxtrain.core import plan, tensormeta
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.leaf import Leaf, shared_rule
 from fluxtrain.optimisers.tree import StateTree
@@ -123,10 +123,15 @@ class StepPlan:
             ):
                 return False
         params = self.params
-        if not all(map(torch.Tensor.is_floating_point, params)):  # list at once; else per leaf
-            if not all(x.is_floating_point() or x.is_complex() for x in params):
-                return False
-        return all(map(_requires_grad, self.trained))
+        meta = tensormeta.module()  # the C++ reads of the whole list, once built
+        ok = meta.all_float_or_complex(params) if meta is not None else None
+        if ok is None:
+            ok = all(map(torch.Tensor.is_floating_point, params)) or all(
+                x.is_floating_point() or x.is_complex() for x in params)
+        if not ok:
+            return False
+        ok = meta.all_require_grad(self.trained) if meta is not None else None
+        return all(map(_requires_grad, self.trained)) if ok is None else ok
 
     # ------------------------------------------------------------------ gradients
     def gather(self, grads: Any, flat: bool) -> list[Any] | None:

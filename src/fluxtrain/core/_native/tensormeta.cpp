@@ -14,6 +14,7 @@
 //                index, dim, contiguous, inference, sizes[dim], then strides[dim]
 //                only if not contiguous
 //   like:        dtype, device type, device index, dim, sizes[dim]
+// and all_contiguous / all_float_or_complex / all_require_grad: one bool for the list.
 // Equal bytes therefore mean equal fields, tensor by tensor.
 //
 // Built by fluxtrain.core.tensormeta against the installed torch (its headers and
@@ -27,7 +28,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#define FLUXTRAIN_TENSORMETA_ABI 1
+#define FLUXTRAIN_TENSORMETA_ABI 2
 
 namespace {
 
@@ -133,6 +134,27 @@ PyObject* like(PyObject*, PyObject* list) { GUARDED(return like_(list);) }
 PyObject* addresses(PyObject*, PyObject* list) { GUARDED(return addresses_(list);) }
 PyObject* all_contiguous(PyObject*, PyObject* list) { GUARDED(return all_contiguous_(list);) }
 
+PyObject* all_float_or_complex_(PyObject* list) {
+  std::vector<const at::Tensor*> ts;
+  if (!tensors_of(list, ts)) Py_RETURN_NONE;
+  for (const at::Tensor* t : ts)
+    if (!(t->is_floating_point() || t->is_complex())) Py_RETURN_FALSE;
+  Py_RETURN_TRUE;
+}
+
+PyObject* all_require_grad_(PyObject* list) {
+  std::vector<const at::Tensor*> ts;
+  if (!tensors_of(list, ts)) Py_RETURN_NONE;
+  for (const at::Tensor* t : ts)
+    if (!t->requires_grad()) Py_RETURN_FALSE;
+  Py_RETURN_TRUE;
+}
+
+PyObject* all_float_or_complex(PyObject*, PyObject* list) {
+  GUARDED(return all_float_or_complex_(list);)
+}
+PyObject* all_require_grad(PyObject*, PyObject* list) { GUARDED(return all_require_grad_(list);) }
+
 PyObject* abi(PyObject*, PyObject*) { return PyLong_FromLong(FLUXTRAIN_TENSORMETA_ABI); }
 
 PyMethodDef methods[] = {
@@ -140,6 +162,9 @@ PyMethodDef methods[] = {
     {"like", like, METH_O, "Dtype, device and shape of each tensor."},
     {"addresses", addresses, METH_O, "data_ptr() of each tensor, as a list."},
     {"all_contiguous", all_contiguous, METH_O, "Whether every tensor is contiguous."},
+    {"all_float_or_complex", all_float_or_complex, METH_O,
+     "Whether every tensor is floating-point or complex."},
+    {"all_require_grad", all_require_grad, METH_O, "Whether every tensor requires grad."},
     {"abi", abi, METH_NOARGS, "The interface version."},
     {nullptr, nullptr, 0, nullptr}};
 
