@@ -120,7 +120,15 @@ def test_unavailable_builds_leave_the_python_reads(env: tuple[str, str], tmp_pat
         why = tensormeta.why_unavailable()
         assert {"FLUXTRAIN_NATIVE": "FLUXTRAIN_NATIVE=0", "/nonexistent/c++": "no C++ compiler",
                 "false": "false"}[env[1] if env[0] == "CXX" else env[0]] in why
-        assert not list(tmp_path.glob("tensormeta-*"))  # nothing half-built is left
+        # nothing built or half-built is left; a failed build is recorded, not retried
+        assert not [p for p in tmp_path.glob("tensormeta-*") if p.suffix in (".so", ".tmp")]
+        failed = list(tmp_path.glob("tensormeta-*.failed"))
+        assert len(failed) == (1 if env == ("CXX", "false") else 0)
+        if failed:
+            tensormeta._reset()
+            assert tensormeta.module(wait=True) is None
+            assert tensormeta.why_unavailable().startswith("an earlier build failed")
+            assert tensormeta._state.get("thread") is None  # decided without a build
     finally:
         monkeypatch.undo()
         tensormeta._reset()
@@ -141,3 +149,26 @@ def test_a_corrupt_cached_build_is_rebuilt(tmp_path: Path, monkeypatch: pytest.M
     finally:
         monkeypatch.undo()
         tensormeta._reset()
+
+
+@pytest.mark.slow  # a real build: some tens of seconds
+def test_processes_building_at_once_share_one_build(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = ("from fluxtrain.core import tensormeta as t; m = t.module(wait=True); "
+            "print('ok' if m is not None else t.why_unavailable())")
+    log = tmp_path / "compiles.log"
+    wrapper = tmp_path / "cxx"  # the system compiler, logging each compile
+    wrapper.write_text(f'#!/bin/sh\ncase "$*" in *-shared*) echo x >> {log};; esac\n'
+                       'exec c++ "$@"\n')
+    wrapper.chmod(0o755)
+    env = {**__import__("os").environ, "FLUXTRAIN_CACHE_DIR": str(tmp_path / "cache"),
+           "CXX": str(wrapper)}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].strip() for p in procs]
+    assert outs == ["ok", "ok"], outs
+    built = [p for p in (tmp_path / "cache").glob("tensormeta-*") if p.suffix == ".so"]
+    assert len(built) == 1
+    assert log.read_text().count("x") == 1  # the second process waited for the first's build

@@ -43,6 +43,11 @@ from typing import Any
 
 from fluxtrain.core import native
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: concurrent builds still end in an atomic rename
+    fcntl = None  # type: ignore[assignment]
+
 __all__ = ["module", "why_unavailable"]
 
 log = logging.getLogger(__name__)
@@ -159,6 +164,11 @@ def _checked(target: Path) -> ModuleType:
     return mod
 
 
+def _failed_marker(cands: list[tuple[str, tuple[str, ...], Path]]) -> Path:
+    """Where a failed build records why (same key: a changed input builds again)."""
+    return cands[0][2].with_name(cands[0][2].name + ".failed")
+
+
 def _cached() -> tuple[ModuleType | None, str | None]:
     """A cached build that loads and passes its check: ``(module, None)``; ``(None, None)``
     if there is none (build one); ``(None, why)`` if there can be none."""
@@ -172,27 +182,51 @@ def _cached() -> tuple[ModuleType | None, str | None]:
                 return _checked(target), None
             except (ImportError, OSError):
                 continue  # rebuilt by _build
+    marker = _failed_marker(cands)
+    if marker.is_file():  # every process would otherwise spend its own failing build
+        try:
+            return None, "an earlier build failed: " + marker.read_text(errors="replace")
+        except OSError:
+            pass
     return None, None
 
 
 def _build() -> tuple[ModuleType | None, str]:
-    """Build and load the extension: the module, or None and why not."""
+    """Build and load the extension: the module, or None and why not.
+
+    One process builds at a time (an exclusive lock next to the cache files, where the
+    platform has ``fcntl``): the others wait for it, on their background threads, and
+    load its result. A failure is recorded, so that later processes do not retry it.
+    """
     try:
         cands, link, cxx = _candidates()
     except OSError as exc:
         return None, str(exc)
-    errors = []
-    for std, flags, target in cands:
-        err = native._compile(cxx, flags, _SOURCE, target, after=tuple(link),
-                              timeout=_BUILD_TIMEOUT_S)
-        if err is not None:
-            errors.append(f"{' '.join(cxx)} {std}: {err}")
-            continue
+    lock_path = cands[0][2].with_name(cands[0][2].name + ".lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+b") as lock:
+        if fcntl is not None:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)  # released when the file closes
+        mod, why = _cached()  # built meanwhile by the process that held the lock?
+        if mod is not None or why is not None:
+            return mod, why or ""
+        errors = []
+        for std, flags, target in cands:
+            err = native._compile(cxx, flags, _SOURCE, target, after=tuple(link),
+                                  timeout=_BUILD_TIMEOUT_S)
+            if err is not None:
+                errors.append(f"{' '.join(cxx)} {std}: {err}")
+                continue
+            try:
+                return _checked(target), ""
+            except (ImportError, OSError) as exc:
+                errors.append(f"{target}: {exc}")
+        why = "; ".join(errors) or "unknown failure"
         try:
-            return _checked(target), ""
-        except (ImportError, OSError) as exc:
-            errors.append(f"{target}: {exc}")
-    return None, "; ".join(errors) or "unknown failure"
+            _failed_marker(cands).write_text(why[-4000:])
+        except OSError:
+            pass
+        return None, why
 
 
 def _finish(mod: ModuleType | None, why: str) -> None:
