@@ -146,7 +146,7 @@ def update_(opt: Any, model: Any, grads: Any) -> Any:
     """
     if isinstance(opt, AbstractOptimiser):
         if isinstance(model, Params):
-            if _is_explicit_grads(grads):
+            if type(grads) is not Grads and _is_explicit_grads(grads):
                 raise TypeError(
                     "can't mix implicit Params with explicit gradients! update_(opt, ps, gs) "
                     f"was given {type(grads).__name__} gradients.\n"

@@ -147,7 +147,9 @@ class AbstractOptimiser:
         raise NotImplementedError(f"{type(self).__name__} must define _new_rule()")
 
     def _key(self) -> tuple[Any, ...]:
-        return tuple((type(v), v) for v in (getattr(self, n) for n in self._hyper))
+        # the types too: 1, 1.0 and True are equal but make different rules
+        vals = tuple(map(getattr, repeat(self), self._hyper))
+        return tuple(map(type, vals)), vals
 
     def _rule(self) -> AbstractRule:
         """The rule-core rule for the current hyperparameters (cached until one changes)."""
@@ -424,10 +426,12 @@ def _commit_fused(
     set before a held-back interrupt is raised."""
     with defer_interrupts():
         # stored before the runs (which raise nothing), while the old states are in cache
-        store([i for p in pending for i in p.idx], [s for p in pending for s in p.states])
+        if len(pending) == 1:
+            store(pending[0].idx, pending[0].states)
+        else:
+            store([i for p in pending for i in p.idx], [s for p in pending for s in p.states])
         for p in pending:
-            p.run()
-        subtract_many_([], [])  # nothing left to subtract: the runs did it
+            p.run()  # parameters and states in place: nothing left to subtract
         opt._finish_step()
         done[0] = True
 
