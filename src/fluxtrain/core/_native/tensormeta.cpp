@@ -61,11 +61,11 @@ PyObject* to_bytes(const std::vector<int64_t>& w) {
 
 // Every entry point: a C++ exception (a tensor kind without storage or strides) must
 // not cross into Python's C code; the answer is then None (the Python route decides).
-#define GUARDED(body)                                   \
-  try {                                                 \
-    body                                                \
-  } catch (...) {                                       \
-    Py_RETURN_NONE;                                     \
+#define GUARDED(...)   \
+  try {                \
+    __VA_ARGS__        \
+  } catch (...) {      \
+    Py_RETURN_NONE;    \
   }
 
 PyObject* fingerprint_(PyObject* list) {
@@ -121,39 +121,29 @@ PyObject* addresses_(PyObject* list) {
   return out;
 }
 
-PyObject* all_contiguous_(PyObject* list) {
+// Whether pred holds for every tensor of the list (None: not a list of tensors).
+template <typename Pred>
+PyObject* all_of(PyObject* list, Pred pred) {
   std::vector<const at::Tensor*> ts;
   if (!tensors_of(list, ts)) Py_RETURN_NONE;
   for (const at::Tensor* t : ts)
-    if (!t->is_contiguous()) Py_RETURN_FALSE;
+    if (!pred(*t)) Py_RETURN_FALSE;
   Py_RETURN_TRUE;
 }
 
 PyObject* fingerprint(PyObject*, PyObject* list) { GUARDED(return fingerprint_(list);) }
 PyObject* like(PyObject*, PyObject* list) { GUARDED(return like_(list);) }
 PyObject* addresses(PyObject*, PyObject* list) { GUARDED(return addresses_(list);) }
-PyObject* all_contiguous(PyObject*, PyObject* list) { GUARDED(return all_contiguous_(list);) }
-
-PyObject* all_float_or_complex_(PyObject* list) {
-  std::vector<const at::Tensor*> ts;
-  if (!tensors_of(list, ts)) Py_RETURN_NONE;
-  for (const at::Tensor* t : ts)
-    if (!(t->is_floating_point() || t->is_complex())) Py_RETURN_FALSE;
-  Py_RETURN_TRUE;
+PyObject* all_contiguous(PyObject*, PyObject* list) {
+  GUARDED(return all_of(list, [](const at::Tensor& t) { return t.is_contiguous(); });)
 }
-
-PyObject* all_require_grad_(PyObject* list) {
-  std::vector<const at::Tensor*> ts;
-  if (!tensors_of(list, ts)) Py_RETURN_NONE;
-  for (const at::Tensor* t : ts)
-    if (!t->requires_grad()) Py_RETURN_FALSE;
-  Py_RETURN_TRUE;
-}
-
 PyObject* all_float_or_complex(PyObject*, PyObject* list) {
-  GUARDED(return all_float_or_complex_(list);)
+  GUARDED(return all_of(
+      list, [](const at::Tensor& t) { return t.is_floating_point() || t.is_complex(); });)
 }
-PyObject* all_require_grad(PyObject*, PyObject* list) { GUARDED(return all_require_grad_(list);) }
+PyObject* all_require_grad(PyObject*, PyObject* list) {
+  GUARDED(return all_of(list, [](const at::Tensor& t) { return t.requires_grad(); });)
+}
 
 PyObject* abi(PyObject*, PyObject*) { return PyLong_FromLong(FLUXTRAIN_TENSORMETA_ABI); }
 
