@@ -37,14 +37,37 @@ Row = tuple[str, Callable[[], object]]
 
 
 # ---------------------------------------------------------------- timing
-def measure(rows: list[Row], rounds: int, min_time: float) -> dict[str, float]:
-    """Median ms per call of every row, sampled round-robin across rounds."""
-    samples: dict[str, list[float]] = {name: [] for name, _ in rows}
+class Timings:
+    """Samples of every row, round by round: medians, and ratios paired within rounds."""
+
+    def __init__(self, rounds: list[dict[str, list[float]]]) -> None:
+        self.rounds = rounds
+
+    def median(self, name: str) -> float:
+        """Median ms per call over all samples of ``name``."""
+        return statistics.median(x for r in self.rounds for x in r[name])
+
+    def per_round(self, name: str) -> list[float]:
+        return [statistics.median(r[name]) for r in self.rounds]
+
+    def ratio(self, a: str, b: str) -> float:
+        """Median over rounds of (a's median / b's median) in that round: a slow spell of
+        the shared host lands on both sides of each ratio (rows alternate within rounds)."""
+        return statistics.median(x / y for x, y in zip(self.per_round(a), self.per_round(b)))
+
+    def names(self) -> list[str]:
+        return list(self.rounds[0]) if self.rounds else []
+
+
+def measure(rows: list[Row], rounds: int, min_time: float) -> Timings:
+    """Samples of ms per call of every row, taken round-robin across rounds."""
+    samples: list[dict[str, list[float]]] = []
     gc.collect()
     gc.freeze()
     try:
         for r in range(rounds):
             order = rows if r % 2 == 0 else list(reversed(rows))
+            got: dict[str, list[float]] = {name: [] for name, _ in rows}
             for name, fn in order:
                 fn()  # untimed warm-up call
                 t_end = time.perf_counter() + min_time
@@ -52,11 +75,12 @@ def measure(rows: list[Row], rounds: int, min_time: float) -> dict[str, float]:
                 while n < 2 or time.perf_counter() < t_end:
                     t0 = time.perf_counter()
                     fn()
-                    samples[name].append((time.perf_counter() - t0) * 1e3)
+                    got[name].append((time.perf_counter() - t0) * 1e3)
                     n += 1
+            samples.append(got)
     finally:
         gc.unfreeze()
-    return {name: statistics.median(v) for name, v in samples.items()}
+    return Timings(samples)
 
 
 #: the bandwidth probe's row name (sampled round-robin with the case's rows)
@@ -129,7 +153,9 @@ def optimiser_rows(tensors: list[torch.Tensor]) -> list[Row]:
     """torch.optim (foreach, fused) and fluxtrain explicit/implicit update_ rows."""
     rows: list[Row] = []
 
-    def torch_row(make: Callable[[list[torch.Tensor]], torch.optim.Optimizer]) -> Callable[[], object]:
+    def torch_row(
+        make: Callable[[list[torch.Tensor]], torch.optim.Optimizer],
+    ) -> Callable[[], object]:
         ps = [t.clone().requires_grad_(True) for t in tensors]
         for p in ps:
             p.grad = torch.randn_like(p) * 1e-3
@@ -270,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     # many short rounds: a slow spell of the shared host lands on every row alike
-    scale, rounds, min_time = (0.05, 1, 0.02) if args.quick else (1.0, 9, 0.04)
+    scale, rounds, min_time = (0.05, 1, 0.02) if args.quick else (1.0, 15, 0.03)
 
     # the steady state: the step's C++ metadata reads built (or known unavailable) first
     meta = tensormeta.module(wait=True)
@@ -278,8 +304,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Benchmark results",
         "",
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-        f"{'quick' if args.quick else 'full'} run, medians in ms per step "
-        "(ratios are what to compare: the host is shared).",
+        f"{'quick' if args.quick else 'full'} run, medians in ms per step. Ratios are what "
+        "to compare (the host is shared): each is the median over rounds of the ratio within "
+        "a round, where every row ran once in turn.",
         "",
         f"{native.describe()}; per-step checks: "
         + ("C++ bulk reads (fluxtrain.core.tensormeta)." if meta is not None
@@ -315,21 +342,29 @@ def optimiser_sections(device: str, scale: float, rounds: int, min_time: float) 
         # the bandwidth is probed among the rows, so that it sees the same host as they do
         probe, triad_bytes = triad_row(device)
         res = measure(rows + [probe], rounds, min_time)
-        triad_ms = res.pop(TRIAD)
+        triad_ms = res.median(TRIAD)
         adam_bound = bound_ms(numel, 28, triad_ms, triad_bytes)
         sgd_bound = bound_ms(numel, 20, triad_ms, triad_bytes)
         where = "" if device == "cpu" else f", {device}"
         lines += [f"## {case} ({len(tensors)} tensors, {numel:,} elements{where})", "",
-                  "| row | ms | vs torch fused | vs torch foreach | vs bound |", "|---|---|---|---|---|"]
-        for name, ms in res.items():
-            family = "Adam" if "Adam" in name else "SGD-m" if ("SGD" in name or "Momentum" in name) else ""
-            fused = res.get(f"torch {family} fused") if family else None
-            foreach = res.get(f"torch {family} foreach") if family else None
-            bound = adam_bound if family == "Adam" else sgd_bound
-            lines.append(
-                f"| {name} | {ms:.3f} | {ms / fused:.2f} | {ms / foreach:.2f} | {ms / bound:.2f} |"
-                if fused and foreach else f"| {name} | {ms:.3f} | | | |"
-            )
+                  "| row | ms | vs torch fused | vs torch foreach | vs bound |",
+                  "|---|---|---|---|---|"]
+        names = res.names()
+        for name in names:
+            if name == TRIAD:
+                continue
+            ms = res.median(name)
+            family = ("Adam" if "Adam" in name
+                      else "SGD-m" if ("SGD" in name or "Momentum" in name) else "")
+            fused, foreach = f"torch {family} fused", f"torch {family} foreach"
+            if not family or fused not in names or foreach not in names:
+                lines.append(f"| {name} | {ms:.3f} | | | |")
+                continue
+            # the bound of each round from that round's probe: ratio = ms * bandwidth
+            per_byte = (28 if family == "Adam" else 20) * numel / triad_bytes
+            vs_bound = res.ratio(name, TRIAD) / per_byte
+            lines.append(f"| {name} | {ms:.3f} | {res.ratio(name, fused):.2f} | "
+                         f"{res.ratio(name, foreach):.2f} | {vs_bound:.2f} |")
         lines += ["", f"Bandwidth bound: Adam {adam_bound:.3f} ms, SGD-momentum {sgd_bound:.3f} ms "
                   f"(triad {triad_bytes / triad_ms / 1e6:.1f} GB/s, probed among the rows).", ""]
         del tensors, rows
@@ -346,13 +381,13 @@ def train_sections(scale: float, rounds: int, min_time: float) -> list[str]:
     pairs = [("explicit train_ (MLP, 1 epoch)", "hand-written torch loop"),
              ("fluxtrain gradient()", "loss.backward() + .grad")]
     for ours, theirs in pairs:
-        if ours in res and theirs in res:
-            lines.append(f"| {ours} | {res[ours]:.3f} | {res[ours] / res[theirs]:.2f} |")
-            lines.append(f"| {theirs} | {res[theirs]:.3f} | 1.00 |")
+        if ours in res.names() and theirs in res.names():
+            lines.append(f"| {ours} | {res.median(ours):.3f} | {res.ratio(ours, theirs):.2f} |")
+            lines.append(f"| {theirs} | {res.median(theirs):.3f} | 1.00 |")
     try:
         cres = measure(safe_rows(codemod_rows), 1, min_time)
         lines += ["", "## Codemod", "", "| row | ms |", "|---|---|"]
-        lines += [f"| {k} | {v:.1f} |" for k, v in cres.items()]
+        lines += [f"| {k} | {cres.median(k):.1f} |" for k in cres.names()]
     except Exception as exc:
         print(f"  skipped codemod rows: {type(exc).__name__}: {exc}", file=sys.stderr)
     return lines
