@@ -74,6 +74,14 @@ def test_like_addresses_and_contiguity_equal_the_python_reads(meta: Any) -> None
         assert dim == t.dim() and w[4:4 + dim] == list(t.shape)
         w = w[4 + dim:]
     assert w == []
+    kinds = [t.is_floating_point() or t.is_complex() for t in ts]
+    assert meta.all_float_or_complex(ts) is all(kinds) is False
+    assert meta.all_float_or_complex([t for t, k in zip(ts, kinds) if k]) is True
+    grads = [t.requires_grad for t in ts]
+    assert meta.any_requires_grad(ts) is any(grads) is True
+    assert meta.all_require_grad(ts) is all(grads) is False
+    assert meta.any_requires_grad([t for t in ts if not t.requires_grad]) is False
+    assert meta.all_require_grad([t for t in ts if t.requires_grad]) is True
     # like() ignores type, address and layout, and sees dtype, shape and device
     a = torch.ones(3, 4)
     assert meta.like([a]) == meta.like([torch.nn.Parameter(a.t().contiguous().t())])
@@ -102,6 +110,9 @@ def test_anything_but_a_list_of_tensors_answers_none(meta: Any) -> None:
         assert meta.like(bad) is None
         assert meta.addresses(bad) is None
         assert meta.all_contiguous(bad) is None
+        assert meta.all_float_or_complex(bad) is None
+        assert meta.all_require_grad(bad) is None
+        assert meta.any_requires_grad(bad) is None
     # a tensor kind whose C++ reads throw: None, not a crash
     sparse = torch.ones(2, 2).to_sparse()
     assert meta.fingerprint([sparse]) is None

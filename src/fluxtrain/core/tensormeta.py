@@ -54,7 +54,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("_native") / "tensormeta.cpp"
 #: must match FLUXTRAIN_TENSORMETA_ABI in tensormeta.cpp
-ABI = 2
+ABI = 3
 #: C++ standards tried in order (newer torch headers ask for C++17 at least)
 _STANDARDS = ("-std=c++17", "-std=c++20")
 _BUILD_TIMEOUT_S = 300
@@ -124,7 +124,9 @@ def _selfcheck(mod: ModuleType) -> str | None:
         return "tensormeta: fingerprints do not tell the tensors apart"
     if (mod.all_float_or_complex([a, a.double(), a.to(torch.complex64)]) is not True
             or mod.all_float_or_complex([a, a.int()]) is not False
-            or mod.all_require_grad([ts[4]]) is not True or mod.all_require_grad(ts) is not False):
+            or mod.all_require_grad([ts[4]]) is not True or mod.all_require_grad(ts) is not False
+            or mod.any_requires_grad(ts) is not True or mod.any_requires_grad([a]) is not False
+            or mod.any_requires_grad([a, 1]) is not None):
         return "tensormeta: dtype kinds or requires_grad differ from torch's"
     like = mod.like
     if (like([a, a.t()]) != like([torch.zeros(3, 4), torch.zeros(4, 3)])

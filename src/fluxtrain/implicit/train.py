@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from fluxtrain import distributed, trace
+from fluxtrain.core import tensormeta
 from fluxtrain.core.ops import check_grad
 from fluxtrain.errors import DomainError
 from fluxtrain.implicit.callbacks import SkipException, StopException, runall
@@ -74,20 +75,24 @@ def _fast_update(opt: AbstractOptimiser, ps: Params, gs: Grads) -> bool:
     order = ps._order
     cache = opt.__dict__.get("_ps_plan")
     if cache is None or cache[0]() is not ps or cache[1] != ps._version:
-        cache = (weakref.ref(ps), ps._version, state_keys(opt, order))
+        keys0 = state_keys(opt, order)
+        cache = (weakref.ref(ps), ps._version, keys0, not any(map(is_, keys0, repeat(None))))
         object.__setattr__(opt, "_ps_plan", cache)
     gmap = gs._grads
     tensor = torch.Tensor
     keys: list[Any] = cache[2]
-    # the usual step, list by list: a state and a tensor gradient for every parameter
-    # (prepare checks the gradients' shapes, devices and dtypes, and refuses if need be)
+    # the usual step, list by list: a state (cache[3]) and a tensor gradient (so not None)
+    # for every parameter (prepare checks the gradients' shapes, devices and dtypes)
     every: list[Any] = list(map(gmap.get, map(id, order), repeat(_NO)))
-    if (not any(map(is_, every, repeat(None))) and not any(map(is_, keys, repeat(None)))
-            and list(map(type, every)).count(tensor) == len(every)
+    if (cache[3] and list(map(type, every)).count(tensor) == len(every)
             and not any(map(is_, every, order))):
         xs: list[torch.Tensor] = list(order)
         dxs: list[torch.Tensor] = every
-        if any(map(_requires_grad, every)):
+        meta = tensormeta.module()
+        needs = meta.any_requires_grad(every) if meta is not None else None
+        if needs is None:
+            needs = any(map(_requires_grad, every))
+        if needs:
             dxs = [g.detach() if g.requires_grad else g for g in every]
     else:  # parameter by parameter: skips (None), and the cases the general loop decides
         xs, dxs, keys = [], [], []

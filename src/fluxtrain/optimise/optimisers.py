@@ -278,8 +278,8 @@ def step_many_(
     try:
         pending = plan.prepare(rule, origs, xs, dxs) if subtract else None
         if pending is not None:
-            def store(order: list[int], new: list[State]) -> None:
-                for i, s in zip(order, new):
+            def store(order: list[int] | None, new: list[State]) -> None:
+                for i, s in zip(range(len(new)) if order is None else order, new):
                     opt._put_state(xs[i], s)
 
             _commit_fused(opt, pending, store, committed)
@@ -375,9 +375,9 @@ def step_fused_(
         return False
     done = [False]
 
-    def store(order: list[int], new: list[State]) -> None:
+    def store(order: list[int] | None, new: list[State]) -> None:
         # existing entries: the stored keys are kept
-        if order == list(range(len(origs))):  # one group, in order: the usual case
+        if order is None:  # one group, in order: the usual case
             if not all(map(is_, new, origs)):  # (Descent/Momentum keep their state objects)
                 data.update(zip(keys, new))
             return
@@ -417,17 +417,17 @@ def _stored(data: dict[Any, Any], keys: list[Any]) -> list[Any] | None:
 def _commit_fused(
     opt: AbstractOptimiser,
     pending: list[plan.Pending],
-    store: Callable[[list[int], list[State]], None],
+    store: Callable[[list[int] | None, list[State]], None],
     done: list[bool],
 ) -> None:
     """The commit of a fused step: run the checked steps (parameters and state in place),
     ``store(order, states)`` (``states[j]`` is the new state of the ``order[j]``-th leaf
-    given to ``plan.prepare``), finish the step; all with SIGINT deferred. ``done[0]`` is
-    set before a held-back interrupt is raised."""
+    given to ``plan.prepare``; ``order`` None: of the ``j``-th), finish the step; all with
+    SIGINT deferred. ``done[0]`` is set before a held-back interrupt is raised."""
     with defer_interrupts():
         # stored before the runs (which raise nothing), while the old states are in cache
-        if len(pending) == 1:
-            store(pending[0].idx, pending[0].states)
+        if len(pending) == 1:  # one group: all the leaves, in order
+            store(None, pending[0].states)
         else:
             store([i for p in pending for i in p.idx], [s for p in pending for s in p.states])
         for p in pending:

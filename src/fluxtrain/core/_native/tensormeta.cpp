@@ -14,7 +14,8 @@
 //                index, dim, contiguous, inference, sizes[dim], then strides[dim]
 //                only if not contiguous
 //   like:        dtype, device type, device index, dim, sizes[dim]
-// and all_contiguous / all_float_or_complex / all_require_grad: one bool for the list.
+// and all_contiguous / all_float_or_complex / all_require_grad / any_requires_grad: one
+// bool for the list.
 // Equal bytes therefore mean equal fields, tensor by tensor.
 //
 // Built by fluxtrain.core.tensormeta against the installed torch (its headers and
@@ -28,7 +29,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#define FLUXTRAIN_TENSORMETA_ABI 2
+#define FLUXTRAIN_TENSORMETA_ABI 3
 
 namespace {
 
@@ -145,6 +146,15 @@ PyObject* all_require_grad(PyObject*, PyObject* list) {
   GUARDED(return all_of(list, [](const at::Tensor& t) { return t.requires_grad(); });)
 }
 
+PyObject* any_requires_grad(PyObject*, PyObject* list) {
+  GUARDED(
+      PyObject* none = all_of(list, [](const at::Tensor& t) { return !t.requires_grad(); });
+      if (none == Py_None) return none;
+      bool any = none == Py_False;
+      Py_DECREF(none);
+      return PyBool_FromLong(any);)
+}
+
 PyObject* abi(PyObject*, PyObject*) { return PyLong_FromLong(FLUXTRAIN_TENSORMETA_ABI); }
 
 PyMethodDef methods[] = {
@@ -155,6 +165,7 @@ PyMethodDef methods[] = {
     {"all_float_or_complex", all_float_or_complex, METH_O,
      "Whether every tensor is floating-point or complex."},
     {"all_require_grad", all_require_grad, METH_O, "Whether every tensor requires grad."},
+    {"any_requires_grad", any_requires_grad, METH_O, "Whether some tensor requires grad."},
     {"abi", abi, METH_NOARGS, "The interface version."},
     {nullptr, nullptr, 0, nullptr}};
 
