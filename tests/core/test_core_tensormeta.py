@@ -183,3 +183,29 @@ def test_processes_building_at_once_share_one_build(tmp_path: Path) -> None:
     built = [p for p in (tmp_path / "cache").glob("tensormeta-*") if p.suffix == ".so"]
     assert len(built) == 1
     assert log.read_text().count("x") == 1  # the second process waited for the first's build
+
+
+@pytest.mark.slow  # a real build: some tens of seconds
+def test_a_build_outlives_the_short_script_that_started_it(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "FLUXTRAIN_CACHE_DIR": str(tmp_path)}
+    # starts the build, works for 3 s (a short script) and exits long before the build ends
+    start = ("import time; from fluxtrain.core import tensormeta as t; "
+             "print(t.module() is None); time.sleep(3)")
+    out = subprocess.run([sys.executable, "-c", start], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stdout + out.stderr
+    deadline = time.monotonic() + 300
+    while not [p for p in tmp_path.glob("tensormeta-*") if p.suffix == ".so"]:
+        assert time.monotonic() < deadline, sorted(p.name for p in tmp_path.iterdir())
+        time.sleep(1)
+    time.sleep(1)
+    assert not list(tmp_path.glob("*.tmp"))
+    load = "from fluxtrain.core import tensormeta as t; print(t.module() is not None)"
+    out = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stdout + out.stderr  # loaded, no waiting

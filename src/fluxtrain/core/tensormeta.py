@@ -166,6 +166,36 @@ def _checked(target: Path) -> ModuleType:
     return mod
 
 
+def _compile(cxx: list[str], flags: tuple[str, ...], target: Path, link: list[str]) -> str | None:
+    """Build ``target``; the error, or None.
+
+    Where there is a POSIX shell, the compiler and the rename into place run in one shell
+    process, so that a build outlives the process that started it: a short script that
+    exits first (its background thread dies with it) still leaves the build in the cache
+    for the next run, instead of a temporary file.
+    """
+    sh = shutil.which("sh")
+    if sh is None:
+        return native._compile(cxx, flags, _SOURCE, target, after=tuple(link),
+                               timeout=_BUILD_TIMEOUT_S)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    script = 'set -e; "$@"; mv -f "$FT_TMP" "$FT_TARGET"'
+    cmd = [sh, "-c", script, "sh", *cxx, *flags, "-o", str(tmp), str(_SOURCE), *link]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=_BUILD_TIMEOUT_S,
+                             env={**os.environ, "FT_TMP": str(tmp), "FT_TARGET": str(target)})
+    except (OSError, subprocess.SubprocessError) as exc:
+        return str(exc)
+    finally:
+        if tmp.exists() and not target.exists():
+            tmp.unlink(missing_ok=True)
+    if res.returncode != 0:
+        tmp.unlink(missing_ok=True)
+        return (res.stderr or res.stdout).strip()[-2000:] or f"exit {res.returncode}"
+    return None
+
+
 def _failed_marker(cands: list[tuple[str, tuple[str, ...], Path]]) -> Path:
     """Where a failed build records why (same key: a changed input builds again)."""
     return cands[0][2].with_name(cands[0][2].name + ".failed")
@@ -214,8 +244,7 @@ def _build() -> tuple[ModuleType | None, str]:
             return mod, why or ""
         errors = []
         for std, flags, target in cands:
-            err = native._compile(cxx, flags, _SOURCE, target, after=tuple(link),
-                                  timeout=_BUILD_TIMEOUT_S)
+            err = _compile(cxx, flags, target, link)
             if err is not None:
                 errors.append(f"{' '.join(cxx)} {std}: {err}")
                 continue
