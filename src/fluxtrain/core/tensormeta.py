@@ -37,6 +37,7 @@ import subprocess
 import sys
 import sysconfig
 import threading
+from operator import attrgetter, methodcaller
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -48,7 +49,8 @@ try:
 except ImportError:  # not POSIX: concurrent builds still end in an atomic rename
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["module", "why_unavailable"]
+__all__ = ["module", "why_unavailable", "all_float_or_complex", "all_require_grad",
+           "any_requires_grad"]
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +297,37 @@ def module(wait: bool = False) -> ModuleType | None:
     if wait and running is not None:
         running.join()
     return _state.get("mod")
+
+
+# ---------------------------------------------------------------- whole-list answers
+# One C++ call once the extension is built; torch's own reads per tensor before that (or
+# where the C++ read answers None: a list it cannot read).
+_is_floating_point = methodcaller("is_floating_point")
+_requires_grad = attrgetter("requires_grad")
+
+
+def all_float_or_complex(ts: list[Any]) -> bool:
+    """Whether every tensor of ``ts`` is floating-point or complex."""
+    mod = module()
+    got = mod.all_float_or_complex(ts) if mod is not None else None
+    if got is None:
+        return all(map(_is_floating_point, ts)) or all(
+            t.is_floating_point() or t.is_complex() for t in ts)
+    return bool(got)
+
+
+def all_require_grad(ts: list[Any]) -> bool:
+    """Whether every tensor of ``ts`` requires grad."""
+    mod = module()
+    got = mod.all_require_grad(ts) if mod is not None else None
+    return all(map(_requires_grad, ts)) if got is None else bool(got)
+
+
+def any_requires_grad(ts: list[Any]) -> bool:
+    """Whether some tensor of ``ts`` requires grad."""
+    mod = module()
+    got = mod.any_requires_grad(ts) if mod is not None else None
+    return any(map(_requires_grad, ts)) if got is None else bool(got)
 
 
 def why_unavailable() -> str:

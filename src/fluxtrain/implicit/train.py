@@ -12,7 +12,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from itertools import repeat
-from operator import attrgetter, is_
+from operator import is_
 from typing import Any
 
 import torch
@@ -53,7 +53,6 @@ def _lookup(gs: Any, x: torch.Tensor, ps: Params) -> Any:
 
 
 _NO: Any = object()
-_requires_grad = attrgetter("requires_grad")
 
 
 def _fast_update(opt: AbstractOptimiser, ps: Params, gs: Grads) -> bool:
@@ -88,11 +87,7 @@ def _fast_update(opt: AbstractOptimiser, ps: Params, gs: Grads) -> bool:
             and not any(map(is_, every, order))):
         xs: list[torch.Tensor] = list(order)
         dxs: list[torch.Tensor] = every
-        meta = tensormeta.module()
-        needs = meta.any_requires_grad(every) if meta is not None else None
-        if needs is None:
-            needs = any(map(_requires_grad, every))
-        if needs:
+        if tensormeta.any_requires_grad(every):
             dxs = [g.detach() if g.requires_grad else g for g in every]
     else:  # parameter by parameter: skips (None), and the cases the general loop decides
         xs, dxs, keys = [], [], []

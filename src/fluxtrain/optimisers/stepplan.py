@@ -74,7 +74,6 @@ _UNSEEN: Any = object()  # a position the general walk would not reach
 _TENSORS = (torch.Tensor, nn.Parameter)
 _shape = attrgetter("shape")
 _device = attrgetter("device")
-_requires_grad = attrgetter("requires_grad")
 _state_of = attrgetter("state")
 
 # node kinds of the compiled tree
@@ -122,16 +121,8 @@ class StepPlan:
                 or tuple(p) != pk or tuple(s) != mk
             ):
                 return False
-        params = self.params
-        meta = tensormeta.module()  # the C++ reads of the whole list, once built
-        ok = meta.all_float_or_complex(params) if meta is not None else None
-        if ok is None:
-            ok = all(map(torch.Tensor.is_floating_point, params)) or all(
-                x.is_floating_point() or x.is_complex() for x in params)
-        if not ok:
-            return False
-        ok = meta.all_require_grad(self.trained) if meta is not None else None
-        return all(map(_requires_grad, self.trained)) if ok is None else ok
+        return (tensormeta.all_float_or_complex(self.params)
+                and tensormeta.all_require_grad(self.trained))
 
     # ------------------------------------------------------------------ gradients
     def gather(self, grads: Any, flat: bool) -> list[Any] | None:
