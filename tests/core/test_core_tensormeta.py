@@ -1,7 +1,9 @@
 """The C++ bulk reads of tensor metadata against torch's own Python reads.
 
 Truth: ``type(t)``, ``t.data_ptr()``, ``t.dtype``, ``t.device``, ``t.shape``,
-``t.stride()``, ``t.is_contiguous()``, ``t.is_inference()`` read tensor by tensor.
+``t.stride()``, ``t.is_contiguous()``, ``t.is_inference()``,
+``getattr(t, "_fluxtrain_readonly", False)`` read tensor by tensor; ``AdamState(m, v,
+beta_t)``, ``leaf.state``/``leaf.rule``/``leaf.frozen`` and ``is`` for the helpers.
 """
 
 from __future__ import annotations
@@ -35,7 +37,12 @@ def variety() -> list[torch.Tensor]:
     return [a, a.transpose(0, 2), a[:, 1:], a[0, 0, 0], torch.zeros(0, 5),
             torch.ones(5, dtype=torch.float64), torch.nn.Parameter(torch.ones(2, 2)),
             torch.ones(3).as_subclass(Sub), torch.ones(4, dtype=torch.int32), inf,
-            torch.ones(3, 1).expand(3, 4), a.view(-1)[::2]]
+            torch.ones(3, 1).expand(3, 4), a.view(-1)[::2], readonly(torch.ones(2))]
+
+
+def readonly(t: torch.Tensor) -> torch.Tensor:
+    t._fluxtrain_readonly = True  # type: ignore[attr-defined]
+    return t
 
 
 def words(b: bytes) -> list[int]:
@@ -47,8 +54,9 @@ def test_fingerprint_decodes_to_each_tensors_fields(meta: Any) -> None:
     w = words(meta.fingerprint(ts))
     dtypes: dict[int, torch.dtype] = {}
     for t in ts:
-        head, w = w[:8], w[8:]
-        tp, ptr, dt, devtype, devidx, dim, contig, inference = head
+        head, w = w[:9], w[9:]
+        tp, ptr, dt, devtype, devidx, dim, contig, inference, readonly = head
+        assert readonly == bool(getattr(t, "_fluxtrain_readonly", False))
         assert tp == id(type(t)) and ptr == t.data_ptr()
         assert dtypes.setdefault(dt, t.dtype) == t.dtype  # one code per dtype
         assert (devtype, devidx) == (0, -1)  # CPU, no index
@@ -96,7 +104,8 @@ def test_fingerprints_tell_apart_what_the_checks_must(meta: Any) -> None:
     assert fp([x]) == before  # same tensor, nothing changed
     for change in (lambda t: t.resize_(16), lambda t: t.t_(), lambda t: t.set_(torch.ones(4, 4)),
                    lambda t: setattr(t, "data", t.data.view(torch.int32)),
-                   lambda t: setattr(t, "data", t.data.view(2, 8))):
+                   lambda t: setattr(t, "data", t.data.view(2, 8)),
+                   lambda t: setattr(t, "_fluxtrain_readonly", True)):
         y = torch.ones(4, 4)
         was = fp([y])
         change(y)
@@ -113,6 +122,15 @@ def test_anything_but_a_list_of_tensors_answers_none(meta: Any) -> None:
         assert meta.all_float_or_complex(bad) is None
         assert meta.all_require_grad(bad) is None
         assert meta.any_requires_grad(bad) is None
+    for bad in ([x, 1.0], (x,), x, None):
+        assert meta.gradient_reads(bad, (torch.Tensor,)) is None
+        assert meta.slot_addresses(bad, 1) is None
+        assert meta.leaf_states(bad, None) is None
+    assert meta.gradient_reads([x], [torch.Tensor]) is None  # types not a tuple
+    assert meta.slot_addresses([x], 3) is None  # one or two slots only
+    assert meta.slot_addresses([(x, 1.0)], 2) is None  # item 1 not a tensor
+    assert meta.slot_addresses([(x,)], 2) is None  # too short
+    assert meta.identical([x], iter([x])) is None
     # a tensor kind whose C++ reads throw: None, not a crash
     sparse = torch.ones(2, 2).to_sparse()
     assert meta.fingerprint([sparse]) is None
@@ -209,3 +227,95 @@ def test_a_build_outlives_the_short_script_that_started_it(tmp_path: Path) -> No
     out = subprocess.run([sys.executable, "-c", load], env=env, capture_output=True,
                          text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stdout + out.stderr  # loaded, no waiting
+
+
+class Raising(torch.Tensor):
+    @property
+    def _fluxtrain_readonly(self) -> bool:
+        raise RuntimeError("unreadable")
+
+
+def test_an_unreadable_readonly_mark_is_its_own_value(meta: Any) -> None:
+    """A mark whose read raises is neither "writable" nor "read-only": the fingerprint
+    differs from both (the cached step then misses and the full checks decide)."""
+    odd = torch.ones(2).as_subclass(Raising)
+    w = words(meta.fingerprint([odd]))
+    assert w[8] == 2
+    plain, marked = torch.ones(2), readonly(torch.ones(2))
+    assert words(meta.fingerprint([plain]))[8] == 0 and words(meta.fingerprint([marked]))[8] == 1
+
+
+def test_gradient_reads_equal_like_addresses_and_contiguity(meta: Any) -> None:
+    ts = [t for t in variety() if type(t) in (torch.Tensor, torch.nn.Parameter)]
+    got = meta.gradient_reads(ts, (torch.Tensor, torch.nn.Parameter))
+    assert got == (meta.like(ts), [t.data_ptr() for t in ts],
+                   all(t.is_contiguous() for t in ts))
+    contiguous = [t for t in ts if t.is_contiguous()]
+    assert meta.gradient_reads(contiguous, (torch.Tensor, torch.nn.Parameter))[2] is True
+    # exact types only: a Parameter is refused where only Tensor is allowed, a subclass always
+    assert meta.gradient_reads(ts, (torch.Tensor,)) is None
+    sub = torch.ones(2).as_subclass(Sub)
+    assert meta.gradient_reads([sub], (torch.Tensor, torch.nn.Parameter)) is None
+    assert meta.gradient_reads([], (torch.Tensor,)) == (b"", [], True)
+
+
+def test_slot_addresses_read_the_state_tensors(meta: Any) -> None:
+    from fluxtrain.core.rules import AdamState
+
+    ms = [torch.ones(3), torch.zeros(2, 2)]
+    vs = [torch.ones(1), torch.empty(0)]
+    states = [AdamState(m, v, (0.9, 0.99)) for m, v in zip(ms, vs)]
+    assert words(meta.slot_addresses(states, 2)) == [t.data_ptr() for t in ms + vs]
+    assert words(meta.slot_addresses(ms, 1)) == [t.data_ptr() for t in ms]
+    assert meta.slot_addresses([], 2) == b""
+    ms[0].set_(torch.ones(3))  # re-pointed in place: the read sees it
+    assert words(meta.slot_addresses(states, 2))[0] == ms[0].data_ptr()
+
+
+def test_restate_equals_building_each_adam_state(meta: Any) -> None:
+    from fluxtrain.core.rules import AdamState
+
+    bt = (0.9, 0.999)
+    states = [AdamState(torch.ones(2) * i, torch.zeros(2) + i, bt) for i in range(4)]
+    nxt = tuple([0.81, 0.998])
+    new = meta.restate(AdamState, states, bt, nxt)
+    assert new == [AdamState(s.m, s.v, nxt) for s in states]
+    assert all(type(n) is AdamState and n.m is s.m and n.v is s.v and n.beta_t is nxt
+               for n, s in zip(new, states))
+    assert all(s.beta_t is bt for s in states)  # the old states are unchanged
+    # refused: another βt object somewhere (even if equal), another type, a bad class
+    other = states[:3] + [AdamState(states[3].m, states[3].v, tuple(list(bt)))]
+    assert meta.restate(AdamState, other, bt, nxt) is None
+    assert meta.restate(AdamState, states + [(states[0].m, states[0].v, bt)], bt, nxt) is None
+
+    class Wider(AdamState):
+        pass
+
+    assert meta.restate(Wider, states, bt, nxt) is None  # states not exactly Wider
+    assert meta.restate(dict, [], bt, nxt) is None  # not a tuple type
+    assert meta.restate(AdamState, (states[0],), bt, nxt) is None  # not a list
+    assert meta.restate(AdamState, [], bt, nxt) == []
+
+
+def test_leaf_states_and_identical_against_python(meta: Any) -> None:
+    from fluxtrain.core.rules import Descent
+    from fluxtrain.optimisers.leaf import Leaf
+
+    r = Descent(0.1)
+    leaves = [Leaf(r, torch.ones(2)), Leaf(r, None), Leaf(r, (torch.ones(1),))]
+    got = meta.leaf_states(leaves, r)
+    assert len(got) == 3 and all(g is leaf.state for g, leaf in zip(got, leaves))
+    assert meta.leaf_states(leaves, Descent(0.1)) is None  # an equal rule is not the rule
+    leaves[1].frozen = True
+    assert meta.leaf_states(leaves, r) is None
+    assert meta.leaf_states([object()], r) is None  # no .rule
+    assert tensormeta.leaf_states(leaves, r) is None
+    leaves[1].frozen = False
+    assert tensormeta.leaf_states(leaves, r) == got
+    a, b = torch.ones(1), torch.ones(1)
+    assert meta.identical([a, b], [a, b]) is True and meta.identical([a, b], (a, b)) is True
+    assert meta.identical([a, b], [a, torch.ones(1)]) is False  # equal is not identical
+    assert meta.identical([a], [a, b]) is False and meta.identical([], []) is True
+    for x, y in (([a, b], [a, b]), ([a], [b]), ([a], [])):
+        same = len(x) == len(y) and all(p is q for p, q in zip(x, y))
+        assert tensormeta.identical(x, y) is same

@@ -44,7 +44,7 @@ import threading
 import weakref
 from collections.abc import Callable, Sequence
 from itertools import repeat
-from operator import attrgetter, is_
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -467,7 +467,7 @@ class _Leaves:
 
     __slots__ = ("n", "xmode", "xfp", "smodes", "sfp", "ptrs", "numels", "big", "groups",
                  "last", "flat", "armed", "xids", "gids", "gptr", "refs", "counts",
-                 "meta", "xkey", "xlike", "skeys", "__weakref__")
+                 "meta", "xkey", "xlike", "skeys", "saddr", "gapart", "__weakref__")
 
     def __init__(self, cls: type, nstate: int, table: dict[Any, Any], thread: int,
                  states: Sequence[Any], xs: Sequence[torch.Tensor], out: list[Pending]) -> None:
@@ -480,6 +480,8 @@ class _Leaves:
         # the same facts as bytes, read in one call per list by the C++ extension (once it
         # is built): what the per-step checks then compare instead of the lists above
         self.meta: Any = None
+        # gradient addresses of the last step found apart from every parameter's
+        self.gapart: list[int] | None = None
         self.adopt(xs, slots)
         self.numels = list(map(torch.Tensor.numel, xs))
         self.ptrs = {p for p, k in zip(self.xfp[1], self.numels) if k}
@@ -525,6 +527,9 @@ class _Leaves:
         xl = list(xs)
         xkey, xlike, skeys = meta.fingerprint(xl), meta.like(xl), list(map(meta.fingerprint, slots))
         if xkey is not None and xlike is not None and None not in skeys:
+            # the state tensors' addresses as meta.slot_addresses reads them (the
+            # addresses the fingerprints above hold: all of slot 0, then slot 1)
+            self.saddr = np.array([a for fp in self.sfp for a in fp[1]], dtype=np.int64).tobytes()
             self.xkey, self.xlike, self.skeys, self.meta = xkey, xlike, skeys, meta
 
     def remember(self, out: list[Pending]) -> None:
@@ -560,7 +565,7 @@ def _prepare_cached(lc: _Leaves, cls: type, rule: object, nstate: int, table: di
     if _fingerprint(xs, lc.xmode) != lc.xfp:
         return _MISS
     slots = _slots(nstate, states)
-    if nstate and lc.last is not None and all(map(is_, states, lc.last)):
+    if nstate and lc.last is not None and tensormeta.identical(states, lc.last):
         # exactly the states this cache's last step returned, made of the tensors whose
         # fingerprints were checked: only re-pointing one in place (.data =, set_) could
         # have moved them, which changes its address
@@ -612,34 +617,32 @@ def _prepare_meta(lc: _Leaves, meta: Any, cls: type, rule: object, nstate: int,
                   xs: Sequence[torch.Tensor], dxs: Sequence[torch.Tensor]) -> Any:
     """:func:`_prepare_cached`'s checks with the C++ reads: equal bytes, equal fields.
 
-    The parameters' fingerprint includes the inference flag (a full prepare refuses
-    inference tensors, so a change is a miss that the full checks then refuse).
+    The parameters' fingerprint includes the inference flag and the read-only mark
+    (a full prepare refuses both, so a change is a miss that the full checks then
+    refuse).
     """
     n = lc.n
     xl = xs if type(xs) is list else list(xs)
     if meta.fingerprint(xl) != lc.xkey:
         return _MISS
-    slots = _slots(nstate, states)
-    if nstate and lc.last is not None and all(map(is_, states, lc.last)):
-        if [meta.addresses(ts) for ts in slots] != [fp[1] for fp in lc.sfp]:
+    sl = states if type(states) is list else list(states)
+    if nstate and lc.last is not None and tensormeta.identical(sl, lc.last):
+        if meta.slot_addresses(sl, nstate) != lc.saddr:
             return _MISS  # a state tensor re-pointed in place
     else:
         if not _adam_states_ok(nstate, n, states):
             return _MISS if nstate == 2 and _not_adam(n, states) else None
-        if [meta.fingerprint(ts) for ts in slots] != lc.skeys:
+        if [meta.fingerprint(ts) for ts in _slots(nstate, states)] != lc.skeys:
             return _MISS
-    if any(map(getattr, xs, repeat(_RO), repeat(False))):
-        return None
-    types = list(map(type, dxs))
-    if types.count(torch.Tensor) + types.count(torch.nn.Parameter) != n:
-        return None
-    dl = dxs if type(dxs) is list else list(dxs)
-    if meta.like(dl) != lc.xlike:
-        return None  # a gradient of another dtype, device or shape (or not readable)
-    dptrs = meta.addresses(dl)
-    if dptrs is None:
-        return None
-    dcont = [True] * n if meta.all_contiguous(dl) else list(map(_contig, dxs))
+    # (the fingerprint holds each parameter's _fluxtrain_readonly mark: a marked
+    # parameter is a miss, which the full checks then refuse)
+    # exactly Tensor or Parameter, each gradient's dtype, device and shape those of its
+    # parameter, their addresses and whether all are contiguous: one pass
+    got = meta.gradient_reads(dxs if type(dxs) is list else list(dxs), _TENSOR_TYPES)
+    if got is None or got[0] != lc.xlike:
+        return None  # another type, dtype, device or shape (or not readable)
+    dptrs = got[1]
+    dcont = [True] * n if got[2] else list(map(_contig, dxs))
     return _prepare_tail(lc, cls, rule, nstate, table, thread, states, xs, dxs, dptrs, dcont)
 
 
@@ -649,7 +652,11 @@ def _prepare_tail(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict
     """The rest of :func:`_prepare_cached` once parameters, states and gradients passed."""
     n = lc.n
     ptrs = lc.ptrs
-    if not ptrs.isdisjoint(dptrs):
+    if dptrs == lc.gapart:
+        pass  # the very addresses found apart from every parameter's last step
+    elif ptrs.isdisjoint(dptrs):
+        lc.gapart = dptrs
+    else:
         numels = lc.numels
         for i in range(n):
             if dxs[i] is not xs[i] and numels[i] and dptrs[i] in ptrs:
@@ -663,8 +670,10 @@ def _prepare_tail(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict
     for g in lc.groups:
         ws = _workspace(table, g.dev, g.dt, thread)
         idx = g.idx
-        if g.whole:
-            gxs, gst, gdx = list(xs), list(states), list(dxs)
+        if g.whole:  # (the engines keep no reference to these lists)
+            gxs = xs if type(xs) is list else list(xs)
+            gst = states if type(states) is list else list(states)
+            gdx = dxs if type(dxs) is list else list(dxs)
             gptr, gcont = dptrs, dall
         else:
             gxs = [xs[i] for i in idx]
@@ -761,7 +770,7 @@ def _prepare_flat(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict
              else list(map(_ptr, xs)))
     if xptrs != lc.xfp[1]:
         return None
-    if nstate and (lc.last is None or not all(map(is_, states, lc.last))):
+    if nstate and (lc.last is None or not tensormeta.identical(states, lc.last)):
         return None
     g = lc.groups[0]
     ws = _workspace(table, g.dev, g.dt, thread)
@@ -773,7 +782,9 @@ def _prepare_flat(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict
     ] != [fp[1] for fp in lc.sfp]):
         return None
     known = _Known(True, g.nc, lc.gptr, g.gsz)
-    out = [_engine(cls, rule, nstate, ws, g.dev, g.idx, list(states), list(xs), list(dxs),
+    out = [_engine(cls, rule, nstate, ws, g.dev, g.idx,
+                   states if type(states) is list else list(states),
+                   xs if type(xs) is list else list(xs), dxs if type(dxs) is list else list(dxs),
                    known)]
     lc.remember(out)
     return out
@@ -842,9 +853,20 @@ def _bias(states: list[Any], b1: float, b2: float, dt: torch.dtype) -> tuple[
     list[float], list[float], list[State], bool
 ]:
     """Per leaf ``cast(1-βt1)``, ``cast(1-βt2)``, the advanced states, and whether all βt agree."""
+    n = len(states)
+    meta = tensormeta.module()
+    if meta is not None and n and type(states[0]) is R.AdamState:
+        bt = states[0].beta_t
+        adv = R._advance(bt, b1, b2, dt)
+        # AdamState(s.m, s.v, adv) for every state, in one C++ call; None unless every
+        # state is exactly an AdamState holding this very βt object (the usual case from
+        # the second step on: the states made here share their advanced βt)
+        new = meta.restate(R.AdamState, states, bt, adv)
+        if new is not None:
+            return [cast(1 - bt[0], dt)] * n, [cast(1 - bt[1], dt)] * n, new, True
     bts = list(map(_beta_t, states))
-    if bts.count(bts[0]) == len(bts):  # the usual case, without a per-leaf Python loop
-        bt, n = bts[0], len(bts)
+    if bts.count(bts[0]) == n:  # equal βt everywhere, without a per-leaf Python loop
+        bt = bts[0]
         e1, e2 = cast(1 - bt[0], dt), cast(1 - bt[1], dt)
         adv = R._advance(bt, b1, b2, dt)
         # tuple.__new__ builds each AdamState without the Python-level NamedTuple __new__

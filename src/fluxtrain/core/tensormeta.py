@@ -37,7 +37,8 @@ import subprocess
 import sys
 import sysconfig
 import threading
-from operator import attrgetter, methodcaller
+from itertools import repeat
+from operator import attrgetter, is_, methodcaller
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -50,13 +51,13 @@ except ImportError:  # not POSIX: concurrent builds still end in an atomic renam
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["module", "why_unavailable", "all_float_or_complex", "all_require_grad",
-           "any_requires_grad"]
+           "any_requires_grad", "identical", "leaf_states"]
 
 log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("_native") / "tensormeta.cpp"
 #: must match FLUXTRAIN_TENSORMETA_ABI in tensormeta.cpp
-ABI = 3
+ABI = 4
 #: C++ standards tried in order (newer torch headers ask for C++17 at least)
 _STANDARDS = ("-std=c++17", "-std=c++20")
 _BUILD_TIMEOUT_S = 300
@@ -134,6 +135,31 @@ def _selfcheck(mod: ModuleType) -> str | None:
     if (like([a, a.t()]) != like([torch.zeros(3, 4), torch.zeros(4, 3)])
             or like([a]) == like([a.double()]) or like([a]) == like([a.view(12)])):
         return "tensormeta: like() does not compare dtype and shape"
+    marked = a.clone()
+    marked._fluxtrain_readonly = True  # type: ignore[attr-defined]
+    if fp([marked]) == fp([marked.clone()]) or fp([a]) != fp([a]):
+        return "tensormeta: fingerprints do not tell read-only marks apart"
+    types = (torch.Tensor, torch.nn.Parameter)
+    got = mod.gradient_reads(ts, types)
+    if (got is None or got[0] != like(ts) or got[1] != mod.addresses(ts) or got[2] is not False
+            or mod.gradient_reads(ts, (torch.Tensor,)) is not None):
+        return "tensormeta: gradient_reads differs from like/addresses/all_contiguous"
+    from fluxtrain.core.rules import AdamState
+
+    b, c, bt = torch.zeros(2), torch.ones(2), (0.9, 0.99)
+    states = [AdamState(b, c, bt), AdamState(c, b, bt)]
+    new = mod.restate(AdamState, states, bt, (0.5, 0.25))
+    if (new != [AdamState(b, c, (0.5, 0.25)), AdamState(c, b, (0.5, 0.25))]
+            or type(new[0]) is not AdamState or new[0].m is not b
+            or mod.restate(AdamState, states, tuple([0.9, 0.99]), bt) is not None):
+        return "tensormeta: restate differs from AdamState(m, v, beta_t)"
+    addrs = [b.data_ptr(), c.data_ptr(), c.data_ptr(), b.data_ptr()]
+    if mod.slot_addresses(states, 2) != b"".join(p.to_bytes(8, sys.byteorder, signed=True)
+                                                 for p in addrs):
+        return "tensormeta: slot_addresses differs from data_ptr()"
+    if (mod.identical(ts, list(ts)) is not True or mod.identical(ts, ts[::-1]) is not False
+            or mod.identical([], ()) is not True or mod.identical(ts, iter(ts)) is not None):
+        return "tensormeta: identical() does not compare by identity"
     return None
 
 
@@ -304,6 +330,9 @@ def module(wait: bool = False) -> ModuleType | None:
 # where the C++ read answers None: a list it cannot read).
 _is_floating_point = methodcaller("is_floating_point")
 _requires_grad = attrgetter("requires_grad")
+_rule_of = attrgetter("rule")
+_frozen_of = attrgetter("frozen")
+_state_of = attrgetter("state")
 
 
 def all_float_or_complex(ts: list[Any]) -> bool:
@@ -328,6 +357,31 @@ def any_requires_grad(ts: list[Any]) -> bool:
     mod = module()
     got = mod.any_requires_grad(ts) if mod is not None else None
     return any(map(_requires_grad, ts)) if got is None else bool(got)
+
+
+def identical(a: Any, b: Any) -> bool:
+    """Whether sequences ``a`` and ``b`` hold the very same objects in order (``is``).
+
+    The C++ read compares the pointers of two lists or tuples without touching the
+    objects (whose reference counts a Python loop would write, one cache miss each).
+    """
+    mod = module()
+    got = mod.identical(a, b) if mod is not None else None
+    if got is None:
+        return len(a) == len(b) and all(map(is_, a, b))
+    return bool(got)
+
+
+def leaf_states(leaves: list[Any], rule: object) -> list[Any] | None:
+    """``[leaf.state for leaf in leaves]`` if every leaf holds ``rule`` (the very object)
+    and none is frozen; else ``None``. One pass over the leaves."""
+    mod = module()
+    got = mod.leaf_states(leaves, rule) if mod is not None else None
+    if got is not None:
+        return got  # type: ignore[no-any-return]
+    if not all(map(is_, map(_rule_of, leaves), repeat(rule))) or any(map(_frozen_of, leaves)):
+        return None
+    return list(map(_state_of, leaves))
 
 
 def why_unavailable() -> str:

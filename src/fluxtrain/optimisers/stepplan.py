@@ -61,7 +61,7 @@ from torch import nn
 from fluxtrain import core
 from fluxtrain.core import plan, tensormeta
 from fluxtrain.optimisers import tree as T
-from fluxtrain.optimisers.leaf import Leaf, shared_rule
+from fluxtrain.optimisers.leaf import Leaf
 from fluxtrain.optimisers.tree import StateTree
 
 __all__ = ["StepPlan", "build", "lookup", "store", "forget", "MAX_STRONG", "MAX_STALE"]
@@ -108,7 +108,7 @@ class StepPlan:
     def valid(self) -> bool:
         """Whether the trees still have the recorded structure (identity checks)."""
         for c, exp in self.seqs:
-            if len(c) != len(exp) or not all(map(is_, c, exp)):
+            if not tensormeta.identical(c, exp):
                 return False
         for d, keys, vals in self.dicts:
             if len(d) != len(keys) or not all(map(is_, d.values(), vals)) or tuple(d) != keys:
@@ -206,8 +206,11 @@ class StepPlan:
         if self.root is None or self.tied or not self.leaves:
             return None
         leaves = self.leaves
-        rule = shared_rule(leaves)
-        if rule is None or not plan.trusted(rule):
+        rule = leaves[0].rule
+        if not plan.trusted(rule):
+            return None
+        states = tensormeta.leaf_states(leaves, rule)  # None: another rule somewhere, or frozen
+        if states is None:
             return None
         gs = self.gather(grads, flat)
         if gs is None:
@@ -215,7 +218,7 @@ class StepPlan:
         types = list(map(type, gs))
         if types.count(torch.Tensor) + types.count(nn.Parameter) != len(gs):
             return None  # a None branch or another type: the per-position checks
-        pending = plan.prepare(rule, list(map(_state_of, leaves)), self.params, gs)
+        pending = plan.prepare(rule, states, self.params, gs)
         if pending is None:
             return None
         return [leaves, pending]

@@ -11,12 +11,21 @@
 //
 // Encodings (int64 words, per tensor, in list order):
 //   fingerprint: type object address, data address, dtype, device type, device
-//                index, dim, contiguous, inference, sizes[dim], then strides[dim]
-//                only if not contiguous
+//                index, dim, contiguous, inference, read-only mark (the truth of the
+//                attribute _fluxtrain_readonly: 0, 1, or 2 if it cannot be read),
+//                sizes[dim], then strides[dim] only if not contiguous
 //   like:        dtype, device type, device index, dim, sizes[dim]
+//   slot_addresses: data addresses of the states' tensors: the states themselves
+//                (one slot), or items 0 then items 1 of each state tuple (two)
 // and all_contiguous / all_float_or_complex / all_require_grad / any_requires_grad: one
 // bool for the list.
 // Equal bytes therefore mean equal fields, tensor by tensor.
+//
+// gradient_reads reads like, addresses and all_contiguous of a gradient list in one
+// pass; leaf_states reads the states of a list of Leaf objects that all hold one
+// rule, unfrozen; identical compares two lists' elements by identity (touching no
+// element: no reference count changes); restate builds the next step's Adam state
+// tuples (new tuples of the given NamedTuple type; nothing else is changed).
 //
 // Built by fluxtrain.core.tensormeta against the installed torch (its headers and
 // libraries), cached like the step kernel; a build that fails only means the Python
@@ -29,9 +38,46 @@
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#define FLUXTRAIN_TENSORMETA_ABI 3
+#define FLUXTRAIN_TENSORMETA_ABI 4
 
 namespace {
+
+// Attribute names, interned once at import.
+PyObject* name_readonly = nullptr;
+PyObject* name_rule = nullptr;
+PyObject* name_state = nullptr;
+PyObject* name_frozen = nullptr;
+
+// getattr(o, name) -> new reference, nullptr (no such attribute, error cleared), or
+// nullptr with *failed set (the read raised something else; error cleared).
+PyObject* lookup(PyObject* o, PyObject* name, bool* failed) {
+  PyObject* v = nullptr;
+#if PY_VERSION_HEX >= 0x030D0000
+  int r = PyObject_GetOptionalAttr(o, name, &v);
+#else
+  int r = _PyObject_LookupAttr(o, name, &v);
+#endif
+  if (r < 0) {
+    PyErr_Clear();
+    *failed = true;
+    return nullptr;
+  }
+  return r == 0 ? nullptr : v;
+}
+
+// The truth of getattr(o, "_fluxtrain_readonly", False): 0, 1, or 2 when unreadable.
+int64_t readonly_mark(PyObject* o) {
+  bool failed = false;
+  PyObject* v = lookup(o, name_readonly, &failed);
+  if (v == nullptr) return failed ? 2 : 0;
+  int t = PyObject_IsTrue(v);
+  Py_DECREF(v);
+  if (t < 0) {
+    PyErr_Clear();
+    return 2;
+  }
+  return t;
+}
 
 // The tensors of ``list``, or false (an element is not a tensor, or not a list).
 bool tensors_of(PyObject* list, std::vector<const at::Tensor*>& out) {
@@ -58,6 +104,21 @@ void put_like(std::vector<int64_t>& w, const at::Tensor& t) {
 PyObject* to_bytes(const std::vector<int64_t>& w) {
   return PyBytes_FromStringAndSize(reinterpret_cast<const char*>(w.data()),
                                    static_cast<Py_ssize_t>(w.size() * sizeof(int64_t)));
+}
+
+// A list of ints, as a new Python list (nullptr: out of memory).
+PyObject* int_list(const std::vector<long long>& ptrs) {
+  PyObject* out = PyList_New(static_cast<Py_ssize_t>(ptrs.size()));
+  if (out == nullptr) return nullptr;
+  for (size_t i = 0; i < ptrs.size(); i++) {
+    PyObject* v = PyLong_FromLongLong(ptrs[i]);
+    if (v == nullptr) {
+      Py_DECREF(out);
+      return nullptr;
+    }
+    PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), v);
+  }
+  return out;
 }
 
 // Every entry point: a C++ exception (a tensor kind without storage or strides) must
@@ -87,6 +148,7 @@ PyObject* fingerprint_(PyObject* list) {
     w.push_back(d);
     w.push_back(contig);
     w.push_back(t->is_inference());
+    w.push_back(readonly_mark(o));
     for (int64_t k = 0; k < d; k++) w.push_back(t->size(k));
     if (!contig)
       for (int64_t k = 0; k < d; k++) w.push_back(t->stride(k));
@@ -109,17 +171,7 @@ PyObject* addresses_(PyObject* list) {
   std::vector<long long> ptrs;  // all read first: a throw leaves nothing half-built
   ptrs.reserve(ts.size());
   for (const at::Tensor* t : ts) ptrs.push_back(reinterpret_cast<long long>(t->data_ptr()));
-  PyObject* out = PyList_New(static_cast<Py_ssize_t>(ptrs.size()));
-  if (out == nullptr) return nullptr;
-  for (size_t i = 0; i < ptrs.size(); i++) {
-    PyObject* v = PyLong_FromLongLong(ptrs[i]);
-    if (v == nullptr) {
-      Py_DECREF(out);
-      return nullptr;
-    }
-    PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), v);
-  }
-  return out;
+  return int_list(ptrs);
 }
 
 // Whether pred holds for every tensor of the list (None: not a list of tensors).
@@ -129,6 +181,184 @@ PyObject* all_of(PyObject* list, Pred pred) {
   if (!tensors_of(list, ts)) Py_RETURN_NONE;
   for (const at::Tensor* t : ts)
     if (!pred(*t)) Py_RETURN_FALSE;
+  Py_RETURN_TRUE;
+}
+
+// (like bytes, addresses list, all contiguous) of a list whose every element's type
+// is exactly one of ``types`` (a tuple of type objects), else None.
+PyObject* gradient_reads_(PyObject* list, PyObject* types) {
+  if (!PyList_Check(list) || !PyTuple_Check(types)) Py_RETURN_NONE;
+  Py_ssize_t n = PyList_GET_SIZE(list), nt = PyTuple_GET_SIZE(types);
+  std::vector<int64_t> w;
+  w.reserve(static_cast<size_t>(n) * 6);
+  std::vector<long long> ptrs;
+  ptrs.reserve(static_cast<size_t>(n));
+  bool contig = true;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* o = PyList_GET_ITEM(list, i);
+    bool known = false;
+    for (Py_ssize_t k = 0; k < nt; k++)
+      if (reinterpret_cast<PyObject*>(Py_TYPE(o)) == PyTuple_GET_ITEM(types, k)) known = true;
+    if (!known || !THPVariable_Check(o)) Py_RETURN_NONE;
+    const at::Tensor& t = THPVariable_Unpack(o);
+    put_like(w, t);
+    ptrs.push_back(reinterpret_cast<long long>(t.data_ptr()));
+    contig = contig && t.is_contiguous();
+  }
+  PyObject* like = to_bytes(w);
+  if (like == nullptr) return nullptr;
+  PyObject* addr = int_list(ptrs);
+  if (addr == nullptr) {
+    Py_DECREF(like);
+    return nullptr;
+  }
+  PyObject* out = PyTuple_New(3);
+  if (out == nullptr) {
+    Py_DECREF(like);
+    Py_DECREF(addr);
+    return nullptr;
+  }
+  PyTuple_SET_ITEM(out, 0, like);
+  PyTuple_SET_ITEM(out, 1, addr);
+  PyTuple_SET_ITEM(out, 2, PyBool_FromLong(contig));
+  return out;
+}
+
+// The data addresses of the states' tensors as int64 bytes: nslots 1, every state a
+// tensor; nslots 2, every state a tuple whose items 0 and 1 are tensors (all items 0,
+// then all items 1). None if a state is not of that form.
+PyObject* slot_addresses_(PyObject* list, long nslots) {
+  if (!PyList_Check(list) || (nslots != 1 && nslots != 2)) Py_RETURN_NONE;
+  Py_ssize_t n = PyList_GET_SIZE(list);
+  std::vector<int64_t> w(static_cast<size_t>(n * nslots));
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* s = PyList_GET_ITEM(list, i);
+    if (nslots == 1) {
+      if (!THPVariable_Check(s)) Py_RETURN_NONE;
+      w[i] = reinterpret_cast<int64_t>(THPVariable_Unpack(s).data_ptr());
+      continue;
+    }
+    if (!PyTuple_Check(s) || PyTuple_GET_SIZE(s) < 2) Py_RETURN_NONE;
+    for (Py_ssize_t k = 0; k < 2; k++) {
+      PyObject* t = PyTuple_GET_ITEM(s, k);
+      if (!THPVariable_Check(t)) Py_RETURN_NONE;
+      w[k * n + i] = reinterpret_cast<int64_t>(THPVariable_Unpack(t).data_ptr());
+    }
+  }
+  return to_bytes(w);
+}
+
+// New ``cls`` tuples (m, v, beta_t) from each state's items 0 and 1 and the one
+// ``beta_t``: the next step's Adam states, as ``cls(s.m, s.v, beta_t)`` would make
+// them. None unless ``cls`` is a plain 3-field tuple subclass (no instance dict),
+// every state is exactly a ``cls`` and every state's item 2 is the object ``was``.
+PyObject* restate_(PyObject* cls_obj, PyObject* list, PyObject* was, PyObject* beta_t) {
+  if (!PyType_Check(cls_obj) || !PyList_Check(list)) Py_RETURN_NONE;
+  PyTypeObject* cls = reinterpret_cast<PyTypeObject*>(cls_obj);
+  if (!PyType_IsSubtype(cls, &PyTuple_Type) || cls->tp_dictoffset != 0
+      || cls->tp_alloc == nullptr)
+    Py_RETURN_NONE;
+  Py_ssize_t n = PyList_GET_SIZE(list);
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* s = PyList_GET_ITEM(list, i);
+    if (Py_TYPE(s) != cls || PyTuple_GET_SIZE(s) != 3 || PyTuple_GET_ITEM(s, 2) != was)
+      Py_RETURN_NONE;
+  }
+  PyObject* out = PyList_New(n);
+  if (out == nullptr) return nullptr;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* s = PyList_GET_ITEM(list, i);
+    PyObject* t = cls->tp_alloc(cls, 3);
+    if (t == nullptr) {
+      Py_DECREF(out);
+      return nullptr;
+    }
+    for (Py_ssize_t k = 0; k < 2; k++) {
+      PyObject* item = PyTuple_GET_ITEM(s, k);
+      Py_INCREF(item);
+      PyTuple_SET_ITEM(t, k, item);
+    }
+    Py_INCREF(beta_t);
+    PyTuple_SET_ITEM(t, 2, beta_t);
+    PyList_SET_ITEM(out, i, t);
+  }
+  return out;
+}
+
+PyObject* gradient_reads(PyObject*, PyObject* args) {
+  PyObject *list, *types;
+  if (!PyArg_ParseTuple(args, "OO", &list, &types)) return nullptr;
+  GUARDED(return gradient_reads_(list, types);)
+}
+PyObject* slot_addresses(PyObject*, PyObject* args) {
+  PyObject* list;
+  long nslots;
+  if (!PyArg_ParseTuple(args, "Ol", &list, &nslots)) return nullptr;
+  GUARDED(return slot_addresses_(list, nslots);)
+}
+PyObject* restate(PyObject*, PyObject* args) {
+  PyObject *cls, *list, *was, *beta_t;
+  if (!PyArg_ParseTuple(args, "OOOO", &cls, &list, &was, &beta_t)) return nullptr;
+  return restate_(cls, list, was, beta_t);
+}
+
+// [leaf.state for leaf in leaves] if every leaf.rule is ``rule`` and no leaf.frozen is
+// true; None otherwise (or if an attribute cannot be read).
+PyObject* leaf_states(PyObject*, PyObject* args) {
+  PyObject *list, *rule;
+  if (!PyArg_ParseTuple(args, "OO", &list, &rule)) return nullptr;
+  if (!PyList_Check(list)) Py_RETURN_NONE;
+  Py_ssize_t n = PyList_GET_SIZE(list);
+  PyObject* out = PyList_New(n);
+  if (out == nullptr) return nullptr;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* leaf = PyList_GET_ITEM(list, i);
+    bool failed = false;
+    PyObject* r = lookup(leaf, name_rule, &failed);
+    bool ok = r == rule;
+    Py_XDECREF(r);
+    PyObject* f = ok ? lookup(leaf, name_frozen, &failed) : nullptr;
+    if (ok) {
+      int t = f == nullptr ? -1 : PyObject_IsTrue(f);
+      Py_XDECREF(f);
+      if (t < 0) PyErr_Clear();
+      ok = t == 0;
+    }
+    PyObject* st = ok ? lookup(leaf, name_state, &failed) : nullptr;
+    if (st == nullptr) {
+      Py_DECREF(out);
+      Py_RETURN_NONE;
+    }
+    PyList_SET_ITEM(out, i, st);
+  }
+  return out;
+}
+
+// The items of an exact list or tuple, in *items (false for anything else).
+bool items_of(PyObject* o, PyObject*** items) {
+  if (PyList_CheckExact(o)) {
+    *items = reinterpret_cast<PyListObject*>(o)->ob_item;
+    return true;
+  }
+  if (PyTuple_CheckExact(o)) {
+    *items = reinterpret_cast<PyTupleObject*>(o)->ob_item;
+    return true;
+  }
+  return false;
+}
+
+// Whether two lists or tuples hold the very same objects, in order; None for other
+// types. Compares pointers only.
+PyObject* identical(PyObject*, PyObject* args) {
+  PyObject *a, *b;
+  if (!PyArg_ParseTuple(args, "OO", &a, &b)) return nullptr;
+  PyObject** ia = nullptr;
+  PyObject** ib = nullptr;
+  if (!items_of(a, &ia) || !items_of(b, &ib)) Py_RETURN_NONE;
+  Py_ssize_t n = Py_SIZE(a);
+  if (Py_SIZE(b) != n) Py_RETURN_FALSE;
+  for (Py_ssize_t i = 0; i < n; i++)
+    if (ia[i] != ib[i]) Py_RETURN_FALSE;
   Py_RETURN_TRUE;
 }
 
@@ -166,6 +396,14 @@ PyMethodDef methods[] = {
      "Whether every tensor is floating-point or complex."},
     {"all_require_grad", all_require_grad, METH_O, "Whether every tensor requires grad."},
     {"any_requires_grad", any_requires_grad, METH_O, "Whether some tensor requires grad."},
+    {"gradient_reads", gradient_reads, METH_VARARGS,
+     "(like bytes, addresses, all contiguous) of tensors of exactly the given types."},
+    {"slot_addresses", slot_addresses, METH_VARARGS,
+     "Data addresses of the states' tensors (one or two slots), as bytes."},
+    {"restate", restate, METH_VARARGS, "New (m, v, beta_t) tuples of a NamedTuple type."},
+    {"leaf_states", leaf_states, METH_VARARGS,
+     "The states of leaves that all hold one rule, unfrozen (else None)."},
+    {"identical", identical, METH_VARARGS, "Whether two lists hold the same objects."},
     {"abi", abi, METH_NOARGS, "The interface version."},
     {nullptr, nullptr, 0, nullptr}};
 
@@ -174,4 +412,11 @@ PyModuleDef module = {PyModuleDef_HEAD_INIT, "fluxtrain_tensormeta", nullptr, -1
 
 }  // namespace
 
-PyMODINIT_FUNC PyInit_fluxtrain_tensormeta(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit_fluxtrain_tensormeta(void) {
+  name_readonly = PyUnicode_InternFromString("_fluxtrain_readonly");
+  name_rule = PyUnicode_InternFromString("rule");
+  name_state = PyUnicode_InternFromString("state");
+  name_frozen = PyUnicode_InternFromString("frozen");
+  if (!name_readonly || !name_rule || !name_state || !name_frozen) return nullptr;
+  return PyModule_Create(&module);
+}
