@@ -8,7 +8,9 @@ beta_t)``, ``leaf.state``/``leaf.rule``/``leaf.frozen`` and ``is`` for the helpe
 
 from __future__ import annotations
 
+import gc
 import struct
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -295,6 +297,12 @@ def test_restate_equals_building_each_adam_state(meta: Any) -> None:
     assert meta.restate(dict, [], bt, nxt) is None  # not a tuple type
     assert meta.restate(AdamState, (states[0],), bt, nxt) is None  # not a list
     assert meta.restate(AdamState, [], bt, nxt) == []
+    # not tracked by the cycle collector (which would traverse them at every young-
+    # generation collection); reference counting still frees them with their tensors
+    assert not any(map(gc.is_tracked, new))
+    ref = weakref.ref(new[0].m)
+    del new, states, other
+    assert ref() is None
 
 
 def test_leaf_states_and_identical_against_python(meta: Any) -> None:
