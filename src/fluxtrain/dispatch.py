@@ -224,15 +224,17 @@ def _looks_like_model_grad(g: object, model: object) -> bool:
     return True
 
 
+_IMPLICIT_UPDATE = (
+    "update_(opt, ps, gs) with Params (or update_(opt, x, g)) is the implicit style of "
+    "Flux 0.13 and is deprecated: use opt_state = fluxtrain.setup(opt, model) once, then "
+    "update_(opt_state, model, grad) with grad = gradient(lambda m: loss(m, x), model)[0]. "
+    + _MIGRATE
+)
+
+
 def _warn_implicit_update() -> None:
-    warn_deprecated(
-        "update_(opt, ps, gs) with Params (or update_(opt, x, g)) is the implicit style of "
-        "Flux 0.13 and is deprecated: use opt_state = fluxtrain.setup(opt, model) once, then "
-        "update_(opt_state, model, grad) with grad = gradient(lambda m: loss(m, x), model)[0]. "
-        + _MIGRATE,
-        stacklevel=external_stacklevel(),
-        key="update_",
-    )
+    # (every step of an old training loop passes here: the message is built once)
+    warn_deprecated(_IMPLICIT_UPDATE, stacklevel=external_stacklevel(), key="update_")
 
 
 # ---------------------------------------------------------------------------- gradient

@@ -327,3 +327,47 @@ def test_leaf_states_and_identical_against_python(meta: Any) -> None:
     for x, y in (([a, b], [a, b]), ([a], [b]), ([a], [])):
         same = len(x) == len(y) and all(p is q for p, q in zip(x, y))
         assert tensormeta.identical(x, y) is same
+
+
+def both_routes(monkeypatch: pytest.MonkeyPatch, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` with the C++ read, checked equal to the Python route's answer."""
+    got = fn(*args)
+    with monkeypatch.context() as m:
+        m.setattr(tensormeta, "module", lambda wait=False: None)
+        assert fn(*args) == got
+    return got
+
+
+def test_grads_by_id_equals_the_per_parameter_lookup(meta: Any,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    xs = [torch.ones(2), torch.ones(3), torch.ones(1)]
+    gs = [torch.zeros(2), torch.zeros(3, requires_grad=True), torch.zeros(1)]
+    by_id = {id(x): g for x, g in zip(xs, gs)}
+    got = both_routes(monkeypatch, tensormeta.grads_by_id, by_id, xs, torch.Tensor)
+    assert got[1] is True and all(a is b for a, b in zip(got[0], gs))
+    gs[1].requires_grad_(False)
+    assert both_routes(monkeypatch, tensormeta.grads_by_id, by_id, xs, torch.Tensor)[1] is False
+    assert both_routes(monkeypatch, tensormeta.grads_by_id, {}, [], torch.Tensor) == ([], False)
+    # anything but a plain tensor gradient for every parameter: None (the loop decides)
+    for bad in ({**by_id, id(xs[0]): None},  # a parameter without gradient
+                {**by_id, id(xs[0]): torch.nn.Parameter(torch.zeros(2))},  # not exactly Tensor
+                {**by_id, id(xs[0]): xs[0]},  # the parameter itself
+                {**by_id, id(xs[0]): 1.0},
+                {k: v for k, v in by_id.items() if k != id(xs[2])}):  # missing
+        assert both_routes(monkeypatch, tensormeta.grads_by_id, bad, xs, torch.Tensor) is None
+    assert meta.grads_by_id(list(by_id.items()), xs, torch.Tensor) is None  # not a dict
+    assert meta.grads_by_id(by_id, tuple(xs), torch.Tensor) is None  # not a list
+
+
+def test_values_if_keys_compares_keys_by_identity_and_order(
+        meta: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    keys = [object(), object(), object()]
+    d = {k: i for i, k in enumerate(keys)}
+    assert both_routes(monkeypatch, tensormeta.values_if_keys, d, keys) == [0, 1, 2]
+    assert both_routes(monkeypatch, tensormeta.values_if_keys, {}, []) == []
+    for bad in (keys[::-1], keys[:2], keys + [object()], [keys[0], keys[1], object()]):
+        assert both_routes(monkeypatch, tensormeta.values_if_keys, d, bad) is None
+    # equal keys are not the keys
+    ints = {10**20: "a"}
+    assert both_routes(monkeypatch, tensormeta.values_if_keys, ints, [int("1" + "0" * 20)]) is None
+    assert meta.values_if_keys(list(d.items()), keys) is None  # not a dict

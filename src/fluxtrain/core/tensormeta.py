@@ -51,7 +51,7 @@ except ImportError:  # not POSIX: concurrent builds still end in an atomic renam
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["module", "why_unavailable", "all_float_or_complex", "all_require_grad",
-           "any_requires_grad", "identical", "leaf_states"]
+           "any_requires_grad", "identical", "leaf_states", "grads_by_id", "values_if_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +160,15 @@ def _selfcheck(mod: ModuleType) -> str | None:
     if (mod.identical(ts, list(ts)) is not True or mod.identical(ts, ts[::-1]) is not False
             or mod.identical([], ()) is not True or mod.identical(ts, iter(ts)) is not None):
         return "tensormeta: identical() does not compare by identity"
+    g0, g1 = torch.ones(1), torch.zeros(1, requires_grad=True)
+    by_id = {id(a): g0, id(b): g1}
+    if (mod.grads_by_id(by_id, [a, b], torch.Tensor) != ([g0, g1], True)
+            or mod.grads_by_id(by_id, [a, c], torch.Tensor) is not None
+            or mod.grads_by_id({id(a): a}, [a], torch.Tensor) is not None
+            or mod.values_if_keys(by_id, list(by_id)) != [g0, g1]
+            or mod.values_if_keys(by_id, list(by_id)[::-1]) is not None
+            or mod.values_if_keys(by_id, [id(a), id(b)]) is not None):  # equal, not the keys
+        return "tensormeta: grads_by_id / values_if_keys differ from the dict lookups"
     return None
 
 
@@ -382,6 +391,42 @@ def leaf_states(leaves: list[Any], rule: object) -> list[Any] | None:
     if not all(map(is_, map(_rule_of, leaves), repeat(rule))) or any(map(_frozen_of, leaves)):
         return None
     return list(map(_state_of, leaves))
+
+
+def grads_by_id(by_id: dict[int, Any], xs: list[Any],
+                tensor_type: type) -> tuple[list[Any], bool] | None:
+    """``([by_id[id(x)] for x in xs], whether one requires grad)`` if every such gradient
+    is there, exactly of type ``tensor_type`` and not ``x`` itself; else ``None``.
+
+    The implicit step's gradient lookup (``Grads`` stores them by ``id``), in one pass.
+    """
+    mod = module()
+    if mod is not None:
+        return mod.grads_by_id(by_id, xs, tensor_type)  # type: ignore[no-any-return]
+    every = list(map(by_id.get, map(id, xs)))
+    if list(map(type, every)).count(tensor_type) != len(every) or any(map(is_, every, xs)):
+        return None
+    return every, any(map(_requires_grad, every))
+
+
+def values_if_keys(d: dict[Any, Any], keys: list[Any]) -> list[Any] | None:
+    """``list(d.values())`` if ``d``'s keys are exactly the objects ``keys``, in order
+    (``is``); else ``None``. Compares without hashing a key: a weak key's ``__hash__`` is a
+    Python call.
+
+    The Python route reads off a copy of the dict, taken at once, so that an entry removed
+    meanwhile (a dead weak key) cannot misalign keys and values; the C++ read runs no
+    Python code while it reads.
+    """
+    mod = module()
+    if mod is not None:
+        return mod.values_if_keys(d, keys)  # type: ignore[no-any-return]
+    if len(d) != len(keys):
+        return None
+    snap = d.copy()
+    if len(snap) == len(keys) and all(map(is_, snap, keys)):
+        return list(snap.values())
+    return None
 
 
 def why_unavailable() -> str:

@@ -82,13 +82,12 @@ def _fast_update(opt: AbstractOptimiser, ps: Params, gs: Grads) -> bool:
     keys: list[Any] = cache[2]
     # the usual step, list by list: a state (cache[3]) and a tensor gradient (so not None)
     # for every parameter (prepare checks the gradients' shapes, devices and dtypes)
-    every: list[Any] = list(map(gmap.get, map(id, order), repeat(_NO)))
-    if (cache[3] and list(map(type, every)).count(tensor) == len(every)
-            and not any(map(is_, every, order))):
+    got = tensormeta.grads_by_id(gmap, order, tensor) if cache[3] else None
+    if got is not None:
         xs: list[torch.Tensor] = list(order)
-        dxs: list[torch.Tensor] = every
-        if tensormeta.any_requires_grad(every):
-            dxs = [g.detach() if g.requires_grad else g for g in every]
+        dxs: list[torch.Tensor] = got[0]
+        if got[1]:  # one requires grad
+            dxs = [g.detach() if g.requires_grad else g for g in dxs]
     else:  # parameter by parameter: skips (None), and the cases the general loop decides
         xs, dxs, keys = [], [], []
         for x, k in zip(order, cache[2]):

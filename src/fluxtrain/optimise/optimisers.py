@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from fluxtrain.core import plan
+from fluxtrain.core import plan, tensormeta
 from fluxtrain.core import rules as _rules
 from fluxtrain.core.base import AbstractRule, State, Step, maywrite
 from fluxtrain.core.batched import apply_batched
@@ -400,14 +400,13 @@ def _stored(data: dict[Any, Any], keys: list[Any]) -> list[Any] | None:
     """The states stored under ``keys`` in ``data`` (``opt._states.data``); ``None`` if one
     is missing.
 
-    The usual case, every entry and in ``keys``' order, is read off a copy of the dict
-    without hashing a key (a weak key's ``__hash__`` is a Python call); the copy is
-    taken at once, so an entry removed meanwhile (a dead key) cannot misalign it.
+    The usual case, every entry and in ``keys``' order, is read without hashing a key
+    (a weak key's ``__hash__`` is a Python call):
+    :func:`fluxtrain.core.tensormeta.values_if_keys`.
     """
-    if len(data) == len(keys):
-        snap = data.copy()
-        if len(snap) == len(keys) and all(map(is_, snap, keys)):
-            return list(snap.values())
+    got = tensormeta.values_if_keys(data, keys)
+    if got is not None:
+        return got
     origs = list(map(data.get, keys, repeat(_NONE)))
     if any(map(is_, origs, repeat(_NONE))):
         return None

@@ -25,7 +25,8 @@
 // pass; leaf_states reads the states of a list of Leaf objects that all hold one
 // rule, unfrozen; identical compares two lists' elements by identity (touching no
 // element: no reference count changes); restate builds the next step's Adam state
-// tuples (new tuples of the given NamedTuple type; nothing else is changed).
+// tuples (new tuples of the given NamedTuple type; nothing else is changed);
+// grads_by_id and values_if_keys read the implicit step's gradients and states.
 //
 // Built by fluxtrain.core.tensormeta against the installed torch (its headers and
 // libraries), cached like the step kernel; a build that fails only means the Python
@@ -293,6 +294,75 @@ PyObject* restate_(PyObject* cls_obj, PyObject* list, PyObject* was, PyObject* b
   return out;
 }
 
+// For the implicit step: the gradient stored under id(x) in the dict ``by_id`` for
+// every x of ``xs``, as (list, whether one requires grad), if each is exactly of type
+// ``tensor_type`` and is not x itself; None otherwise (a missing or None gradient, a
+// subclass, anything unusual: the caller's per-parameter loop decides).
+PyObject* grads_by_id(PyObject*, PyObject* args) {
+  PyObject *by_id, *xs, *tensor_type;
+  if (!PyArg_ParseTuple(args, "OOO", &by_id, &xs, &tensor_type)) return nullptr;
+  if (!PyDict_CheckExact(by_id) || !PyList_Check(xs)) Py_RETURN_NONE;
+  Py_ssize_t n = PyList_GET_SIZE(xs);
+  PyObject* out = PyList_New(n);
+  if (out == nullptr) return nullptr;
+  bool any_rg = false;
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* x = PyList_GET_ITEM(xs, i);
+    PyObject* key = PyLong_FromVoidPtr(x);  // id(x)
+    if (key == nullptr) {
+      Py_DECREF(out);
+      return nullptr;
+    }
+    PyObject* g = PyDict_GetItemWithError(by_id, key);  // borrowed
+    Py_DECREF(key);
+    if (g == nullptr || g == x || reinterpret_cast<PyObject*>(Py_TYPE(g)) != tensor_type
+        || !THPVariable_Check(g)) {
+      PyErr_Clear();
+      Py_DECREF(out);
+      Py_RETURN_NONE;
+    }
+    try {
+      any_rg = any_rg || THPVariable_Unpack(g).requires_grad();
+    } catch (...) {
+      Py_DECREF(out);
+      Py_RETURN_NONE;
+    }
+    Py_INCREF(g);
+    PyList_SET_ITEM(out, i, g);
+  }
+  PyObject* res = Py_BuildValue("(NO)", out, any_rg ? Py_True : Py_False);
+  return res;
+}
+
+// The values of the dict ``d`` as a list if its keys are exactly the objects of the
+// list ``keys``, in order; None otherwise. Reads the entries without running any
+// Python code (so no entry can go away meanwhile) and without touching the keys.
+PyObject* values_if_keys(PyObject*, PyObject* args) {
+  PyObject *d, *keys;
+  if (!PyArg_ParseTuple(args, "OO", &d, &keys)) return nullptr;
+  if (!PyDict_CheckExact(d) || !PyList_Check(keys)) Py_RETURN_NONE;
+  Py_ssize_t n = PyList_GET_SIZE(keys);
+  if (PyDict_GET_SIZE(d) != n) Py_RETURN_NONE;
+  PyObject* out = PyList_New(n);
+  if (out == nullptr) return nullptr;
+  Py_ssize_t pos = 0, i = 0;
+  PyObject *k, *v;
+  while (PyDict_Next(d, &pos, &k, &v)) {
+    if (i >= n || k != PyList_GET_ITEM(keys, i)) {
+      Py_DECREF(out);
+      Py_RETURN_NONE;
+    }
+    Py_INCREF(v);
+    PyList_SET_ITEM(out, i, v);
+    i++;
+  }
+  if (i != n) {
+    Py_DECREF(out);
+    Py_RETURN_NONE;
+  }
+  return out;
+}
+
 PyObject* gradient_reads(PyObject*, PyObject* args) {
   PyObject *list, *types;
   if (!PyArg_ParseTuple(args, "OO", &list, &types)) return nullptr;
@@ -412,6 +482,10 @@ PyMethodDef methods[] = {
     {"leaf_states", leaf_states, METH_VARARGS,
      "The states of leaves that all hold one rule, unfrozen (else None)."},
     {"identical", identical, METH_VARARGS, "Whether two lists hold the same objects."},
+    {"grads_by_id", grads_by_id, METH_VARARGS,
+     "The gradients stored under id(x) for xs, if all are plain tensors (else None)."},
+    {"values_if_keys", values_if_keys, METH_VARARGS,
+     "A dict's values if its keys are exactly the given objects in order (else None)."},
     {"abi", abi, METH_NOARGS, "The interface version."},
     {nullptr, nullptr, 0, nullptr}};
 
