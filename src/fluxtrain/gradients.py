@@ -51,7 +51,7 @@ def gradient_explicit(f: Any, *args: Any) -> tuple[Any, ...]:
     >>> m["w"].requires_grad, m["w"].grad
     (False, None)
     """
-    return withgradient_explicit(f, *args).grad
+    return _differentiate(f, args)[1]
 
 
 def withgradient_explicit(f: Any, *args: Any) -> WithGradient:
@@ -67,6 +67,18 @@ def withgradient_explicit(f: Any, *args: Any) -> WithGradient:
     >>> g.weight.tolist(), g.bias.tolist()
     ([[1.0, 1.0]], [1.0])
     """
+    out, grads = _differentiate(f, args)
+    if isinstance(out, torch.Tensor):
+        val: Any = out.detach()
+    elif isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
+        val = (out[0].detach(), *out[1:])
+    else:
+        val = out
+    return WithGradient(val, grads)
+
+
+def _differentiate(f: Any, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+    """``f(*args)`` as returned, and the gradient tree of each argument."""
     # 1. find the trainable leaves (first occurrence wins), give numpy leaves tensors
     firsts: dict[int, torch.Tensor] = {}  # id(leaf object) -> tensor to differentiate
     keep: list[Any] = []  # keep leaf objects alive while ids are in use
@@ -99,14 +111,7 @@ def withgradient_explicit(f: Any, *args: Any) -> WithGradient:
         key: by_id.get(id(t)) for key, t in firsts.items()
     }
     seen: set[int] = set()
-    grads = tuple(_mirror_grad(a, True, grads_of, seen)[0] for a in args)
-    if isinstance(out, torch.Tensor):
-        val: Any = out.detach()
-    elif isinstance(out, tuple) and out and isinstance(out[0], torch.Tensor):
-        val = (out[0].detach(), *out[1:])
-    else:
-        val = out
-    return WithGradient(val, grads)
+    return out, tuple(_mirror_grad(a, True, grads_of, seen)[0] for a in args)
 
 
 def _check_loss(loss: Any) -> None:
@@ -203,6 +208,34 @@ def mirror_gradient(model: Any, grads_of: dict[int, Any]) -> Any:
     return _mirror_grad(model, True, grads_of, set())[0]
 
 
+def _mirror_module(
+    m: torch.nn.Module, grads_of: dict[int, Any], seen: set[int]
+) -> tuple[Any, bool]:
+    """:func:`_mirror_grad` of a Module: its parameters' gradients by name, then its
+    submodules' trees (a module's children are modules or ``None``, so no kind
+    dispatch per node: a gradient call walks every module of the model)."""
+    children: dict[str, Any] = {}
+    any_t = False
+    for name, p in m._parameters.items():
+        g = None
+        if p is not None:
+            pid = id(p)
+            if pid in grads_of:
+                any_t = True
+                if pid not in seen:  # (a later occurrence of a tied tensor: None)
+                    seen.add(pid)
+                    g = grads_of[pid]
+        children[name] = g
+    for name, sub in m._modules.items():
+        if sub is None:
+            children[name] = None
+            continue
+        g, has = _mirror_module(sub, grads_of, seen)
+        any_t = any_t or has
+        children[name] = g
+    return (StateTree(children) if any_t else None), any_t
+
+
 def _mirror_grad(
     x: Any, enabled: bool, grads_of: dict[int, Any], seen: set[int]
 ) -> tuple[Any, bool]:
@@ -221,23 +254,7 @@ def _mirror_grad(
     if k == T.OTHER or not enabled:
         return None, False
     if k == T.MODULE:
-        subs = []
-        any_t = False
-        for name, p in x._parameters.items():
-            if p is not None and id(p) in grads_of:
-                any_t = True
-                if id(p) in seen:
-                    subs.append((name, None))
-                else:
-                    seen.add(id(p))
-                    subs.append((name, grads_of[id(p)]))
-            else:
-                subs.append((name, None))
-        for name, m in x._modules.items():
-            g, has = _mirror_grad(m, True, grads_of, seen)
-            any_t = any_t or has
-            subs.append((name, g))
-        return (StateTree(dict(subs)) if any_t else None), any_t
+        return _mirror_module(x, grads_of, seen)
     subs = []
     any_t = False
     for key, child, en in T.children(x, k):
