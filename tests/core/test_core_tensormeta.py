@@ -371,3 +371,37 @@ def test_values_if_keys_compares_keys_by_identity_and_order(
     ints = {10**20: "a"}
     assert both_routes(monkeypatch, tensormeta.values_if_keys, ints, [int("1" + "0" * 20)]) is None
     assert meta.values_if_keys(list(d.items()), keys) is None  # not a dict
+
+
+def test_gradient_check_equals_the_numpy_overlap_rule(meta: Any) -> None:
+    """The native step's per-step gradient check against the searchsorted rule it
+    replaces, on random disjoint ranges and random gradients (some overlapping)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        cuts = np.sort(rng.choice(10_000, size=2 * int(rng.integers(0, 6)), replace=False))
+        lo, hi = cuts[0::2].astype(np.int64), cuts[1::2].astype(np.int64)
+        n = int(rng.integers(1, 6))
+        gptr = rng.integers(0, 10_000, size=n).astype(np.int64)
+        gsz = rng.integers(0, 300, size=n).astype(np.int64)
+        gstarts = (gptr - gptr[0]) if trial % 3 == 0 else rng.integers(0, 50, size=n)
+        got = meta.gradient_check(list(map(int, gptr)), gsz, lo, hi, gstarts.astype(np.int64))
+        j = np.searchsorted(lo, gptr + gsz, side="left") - 1
+        hit = (j >= 0) & (gsz > 0)
+        overlap = bool(hit.any()) and bool((hi[j[hit]] > gptr[hit]).any())
+        assert got[0] == gptr.tobytes() and got[2] is overlap
+        assert got[3] is bool((gptr == gptr[0] + gstarts).all())
+        assert meta.gradient_check(list(map(int, gptr)), gsz, lo, hi, None)[3] is False
+    # the address is that of the bytes' own buffer
+    import ctypes
+
+    got = meta.gradient_check([7, 9], np.array([1, 1]), np.array([0]), np.array([1]), None)
+    assert ctypes.string_at(got[1], 16) == got[0]
+    # not int64 arrays, mismatched lengths, not a list: None
+    i64 = np.array([1], dtype=np.int64)
+    for bad in (([1], np.array([1], dtype=np.int32), i64, i64, None),
+                ([1, 2], i64, i64, i64, None), ((1,), i64, i64, i64, None),
+                ([1], i64, i64, np.array([1, 2], dtype=np.int64), None),
+                ([1.0], i64, i64, i64, None), ([1], i64, i64, i64, np.array([0, 1]))):
+        assert meta.gradient_check(*bad) is None

@@ -51,6 +51,7 @@ def real_dtype(dtype: torch.dtype) -> torch.dtype:
 #: round-to-nearest-even, subnormals kept); about 10x cheaper than a 0-d tensor, which
 #: matters for values that change every step (Adam's ``beta_t`` powers)
 _STRUCT_FORMATS = {torch.float32: "f", torch.float16: "e"}
+_STRUCTS = {dt: struct.Struct(fmt) for dt, fmt in _STRUCT_FORMATS.items()}
 
 
 @functools.lru_cache(maxsize=8192)
@@ -80,6 +81,13 @@ def cast(value: float, dtype: torch.dtype) -> float:
     value = float(value)
     if value == 0:  # exact in every dtype; and the cache would mix up 0.0 and -0.0
         return value
+    st = _STRUCTS.get(dtype)
+    if st is not None and math.isfinite(value):  # (uncached: βt changes every step)
+        try:
+            out: float = st.unpack(st.pack(value))[0]
+            return out
+        except OverflowError:  # beyond the dtype's range: torch's answer, cached
+            pass
     return _cast_cached(value, dtype)
 
 

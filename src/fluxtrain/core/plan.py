@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from array import array
 from collections.abc import Callable, Sequence
 from itertools import repeat
 from operator import attrgetter
@@ -987,9 +988,10 @@ class _NativeCache:
         self.one_addr = [a.ctypes.data for a in one] if one is not None else None
         self.gstarts = gstarts
         #: the last gradient addresses that passed the overlap check, as
-        #: ``(list, array, array address, back to back)``: the same addresses against
-        #: these same ranges (and gradient sizes: the shapes are in ``key``) pass again
-        self.seen: tuple[list[int], np.ndarray, int, bool] | None = None
+        #: ``(list, int64 array or bytes, its data address, back to back)``: the same
+        #: addresses against these same ranges (and gradient sizes: the shapes are in
+        #: ``key``) pass again
+        self.seen: tuple[list[int], Any, int, bool] | None = None
 
 
 def _ranges(ptrs: list[int], sizes: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -1065,7 +1067,7 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
         seen = nc.seen if nc is not None else None
         if seen is not None and seen[0] != known.gptr:
             seen = None
-        gptr = seen[1] if seen is not None else np.array(known.gptr, dtype=np.int64)
+        gptr: Any = seen[1] if seen is not None else None
         gsz = known.gsz
     else:
         if cls is R.Descent:
@@ -1091,6 +1093,19 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
         gsz = None
     if nc is None:
         return None
+    if seen is None and known is not None:
+        meta = tensormeta.module()
+        # the checks below in one C++ call, with the addresses as int64 bytes (None: take
+        # them here); fresh gradient tensors every step (train_, gradient()) come here
+        got = None if meta is None else meta.gradient_check(
+            known.gptr, gsz, nc.lo, nc.hi, nc.gstarts if nc.one_addr is not None else None)
+        if got is not None:
+            if got[2]:
+                return None  # a gradient shares memory with a parameter or state
+            seen = nc.seen = (known.gptr, got[0], got[1], got[3])
+            gptr = got[0]
+        else:
+            gptr = np.array(known.gptr, dtype=np.int64)
     if seen is None:
         if nc.lo.size:
             if gsz is None:
@@ -1136,13 +1151,12 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
         args = (code, f64, n, xa, ga, ma, None, offs, None, None, 0,
                 eta, rho, 0.0, 0.0, 0.0, 0.0)
     else:
-        if uniform:
-            da1, da2 = np.array(d1[:1]), np.array(d2[:1])
-        else:
-            da1, da2 = np.array(d1), np.array(d2)
+        # the bias corrections as C doubles (array.array: its address is a cheap read)
+        da1, da2 = (array("d", d1[:1]), array("d", d2[:1])) if uniform else (
+            array("d", d1), array("d", d2))
         keep += [da1, da2]
-        args = (code, f64, n, xa, ga, ma, va, offs, da1.ctypes.data, da2.ctypes.data,
-                0 if uniform else 1, eta, b1, b2, c1, c2, eps)
+        args = (code, f64, n, xa, ga, ma, va, offs, da1.buffer_info()[0],
+                da2.buffer_info()[0], 0 if uniform else 1, eta, b1, b2, c1, c2, eps)
     args += (nthreads, NATIVE_MIN_PER_THREAD)
 
     def run(_keep: tuple[Any, ...] = tuple(keep)) -> None:

@@ -169,6 +169,20 @@ def _selfcheck(mod: ModuleType) -> str | None:
             or mod.values_if_keys(by_id, list(by_id)[::-1]) is not None
             or mod.values_if_keys(by_id, [id(a), id(b)]) is not None):  # equal, not the keys
         return "tensormeta: grads_by_id / values_if_keys differ from the dict lookups"
+    import numpy as np
+
+    i64 = np.int64
+    lo, hi = np.array([100, 200], dtype=i64), np.array([150, 260], dtype=i64)
+    check = mod.gradient_check
+    got = check([150, 160], np.array([50, 40], dtype=i64), lo, hi, np.array([0, 10], dtype=i64))
+    if (got is None or got[0] != b"".join(p.to_bytes(8, sys.byteorder) for p in (150, 160))
+            or got[2:] != (False, True)
+            or check([140], np.array([8], dtype=i64), lo, hi, None)[2:] != (True, False)
+            or check([190], np.array([20], dtype=i64), lo, hi, None)[2] is not True
+            or check([190], np.array([10], dtype=i64), lo, hi, None)[2] is not False
+            or check([120], np.array([0], dtype=i64), lo, hi, None)[2] is not False
+            or check([1], np.array([1.0]), lo, hi, None) is not None):
+        return "tensormeta: gradient_check differs from the overlap rule"
     return None
 
 

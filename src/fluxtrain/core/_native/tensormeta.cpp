@@ -363,6 +363,80 @@ PyObject* values_if_keys(PyObject*, PyObject* args) {
   return out;
 }
 
+// A C-contiguous int64 buffer of ``o`` (a numpy array), or false.
+struct Int64s {
+  Py_buffer view{};
+  bool ok = false;
+  explicit Int64s(PyObject* o) {
+    if (o == Py_None || PyObject_GetBuffer(o, &view, PyBUF_C_CONTIGUOUS | PyBUF_FORMAT) != 0) {
+      PyErr_Clear();
+      return;
+    }
+    ok = view.itemsize == 8 && view.format != nullptr
+         && (view.format[0] == 'l' || view.format[0] == 'q') && view.format[1] == 0;
+  }
+  ~Int64s() {
+    if (view.obj != nullptr) PyBuffer_Release(&view);
+  }
+  Py_ssize_t size() const { return view.len / 8; }
+  const int64_t* data() const { return static_cast<const int64_t*>(view.buf); }
+};
+
+// The native kernel's per-step gradient check, for gradient addresses ``gptr`` (a list
+// of ints) of byte sizes ``gsz``, against the sorted, disjoint parameter and state
+// byte ranges [lo[k], hi[k]):
+//   (addresses as int64 bytes, the address of those bytes, whether a non-empty
+//    gradient overlaps a range, whether gptr[i] == gptr[0] + gstarts[i] for all i)
+// (gstarts None: the last is False). None if an argument is not of that form.
+PyObject* gradient_check(PyObject*, PyObject* args) {
+  PyObject *gptr, *gsz_o, *lo_o, *hi_o, *gstarts_o;
+  if (!PyArg_ParseTuple(args, "OOOOO", &gptr, &gsz_o, &lo_o, &hi_o, &gstarts_o)) return nullptr;
+  if (!PyList_Check(gptr)) Py_RETURN_NONE;
+  Int64s gsz(gsz_o), lo(lo_o), hi(hi_o), gstarts(gstarts_o);
+  Py_ssize_t n = PyList_GET_SIZE(gptr);
+  if (!gsz.ok || !lo.ok || !hi.ok || gsz.size() != n || lo.size() != hi.size()
+      || (gstarts_o != Py_None && (!gstarts.ok || gstarts.size() != n)))
+    Py_RETURN_NONE;
+  std::vector<int64_t> w(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* o = PyList_GET_ITEM(gptr, i);
+    if (!PyLong_CheckExact(o)) Py_RETURN_NONE;
+    long long a = PyLong_AsLongLong(o);
+    if (a == -1 && PyErr_Occurred()) {
+      PyErr_Clear();
+      Py_RETURN_NONE;
+    }
+    w[i] = a;
+  }
+  bool overlap = false;
+  const int64_t *plo = lo.data(), *phi = hi.data(), *psz = gsz.data();
+  Py_ssize_t nr = lo.size();
+  for (Py_ssize_t i = 0; i < n && !overlap; i++) {
+    if (psz[i] <= 0) continue;
+    int64_t end = w[i] + psz[i];
+    // the last range starting before end (searchsorted(lo, end, "left") - 1)
+    Py_ssize_t a = 0, b = nr;
+    while (a < b) {
+      Py_ssize_t mid = a + (b - a) / 2;
+      if (plo[mid] < end) a = mid + 1;
+      else b = mid;
+    }
+    overlap = a > 0 && phi[a - 1] > w[i];
+  }
+  bool back_to_back = gstarts_o != Py_None;
+  for (Py_ssize_t i = 0; i < n && back_to_back; i++)
+    back_to_back = w[i] == w[0] + gstarts.data()[i];
+  PyObject* bytes = to_bytes(w);
+  if (bytes == nullptr) return nullptr;
+  PyObject* address = PyLong_FromVoidPtr(PyBytes_AS_STRING(bytes));
+  if (address == nullptr) {
+    Py_DECREF(bytes);
+    return nullptr;
+  }
+  return Py_BuildValue("(NNOO)", bytes, address, overlap ? Py_True : Py_False,
+                       back_to_back ? Py_True : Py_False);
+}
+
 PyObject* gradient_reads(PyObject*, PyObject* args) {
   PyObject *list, *types;
   if (!PyArg_ParseTuple(args, "OO", &list, &types)) return nullptr;
@@ -482,6 +556,8 @@ PyMethodDef methods[] = {
     {"leaf_states", leaf_states, METH_VARARGS,
      "The states of leaves that all hold one rule, unfrozen (else None)."},
     {"identical", identical, METH_VARARGS, "Whether two lists hold the same objects."},
+    {"gradient_check", gradient_check, METH_VARARGS,
+     "The native step's gradient overlap and back-to-back checks, and the address array."},
     {"grads_by_id", grads_by_id, METH_VARARGS,
      "The gradients stored under id(x) for xs, if all are plain tensors (else None)."},
     {"values_if_keys", values_if_keys, METH_VARARGS,
