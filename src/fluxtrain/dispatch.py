@@ -270,8 +270,10 @@ def _takes_arguments(f: Callable[..., Any]) -> bool:
     costs tens of microseconds, on every gradient call); anything else, or a function
     whose signature was changed (``__wrapped__``, ``__signature__``), asks inspect.
     """
-    if type(f) is types.FunctionType and not hasattr(f, "__wrapped__") \
-            and not hasattr(f, "__signature__"):
+    # (a plain function's attributes live in its __dict__: two lookups there instead of
+    # two failing hasattr, which each raise and catch an AttributeError)
+    if type(f) is types.FunctionType and "__wrapped__" not in f.__dict__ \
+            and "__signature__" not in f.__dict__:
         code = f.__code__
         return bool(code.co_argcount or code.co_kwonlyargcount or code.co_flags & _ANY_ARGS)
     try:
