@@ -28,7 +28,7 @@ import torch
 
 from fluxtrain import explicit, gradients
 from fluxtrain.core.base import AbstractRule
-from fluxtrain.errors import external_stacklevel, warn_deprecated
+from fluxtrain.errors import external_stacklevel, warn_deprecated_external
 from fluxtrain.implicit.gradient import gradient_implicit, withgradient_implicit
 from fluxtrain.implicit.params import Grads, Params
 from fluxtrain.implicit.train import train_implicit, update_implicit
@@ -94,12 +94,11 @@ def train_(
     _check_train_args(loss, data)
     if isinstance(model, Params):
         if isinstance(opt, AbstractOptimiser):
-            warn_deprecated(
+            warn_deprecated_external(
                 "train_(loss, ps, data, opt) with Params is the implicit style of Flux 0.13 and is "
                 "deprecated: use opt_state = fluxtrain.setup(opt, model) and "
                 "train_(lambda m, *d: loss(m, *d), model, data, opt_state), with the model as "
                 "the loss's first argument; callbacks go in your own for loop. " + _MIGRATE,
-                stacklevel=external_stacklevel(),
                 key="train_",
             )
             return train_implicit(loss, model, data, opt, cb, progress=progress)
@@ -224,6 +223,7 @@ def _looks_like_model_grad(g: object, model: object) -> bool:
     return True
 
 
+_IMPLICIT_GRADIENT: dict[str, str] = {}  # per function name: the implicit-style warning
 _IMPLICIT_UPDATE = (
     "update_(opt, ps, gs) with Params (or update_(opt, x, g)) is the implicit style of "
     "Flux 0.13 and is deprecated: use opt_state = fluxtrain.setup(opt, model) once, then "
@@ -234,7 +234,7 @@ _IMPLICIT_UPDATE = (
 
 def _warn_implicit_update() -> None:
     # (every step of an old training loop passes here: the message is built once)
-    warn_deprecated(_IMPLICIT_UPDATE, stacklevel=external_stacklevel(), key="update_")
+    warn_deprecated_external(_IMPLICIT_UPDATE, key="update_")
 
 
 # ---------------------------------------------------------------------------- gradient
@@ -251,13 +251,13 @@ def _is_implicit_call(args: tuple[Any, ...], name: str) -> bool:
 
 
 def _warn_implicit_gradient(name: str) -> None:
-    warn_deprecated(
-        f"{name}(f, ps) with Params and a function of no arguments is the implicit style of "
-        f"Flux 0.13 and is deprecated: use {name}(lambda m: loss(m, x), model) and take "
-        "element [0] of the gradient (a tree shaped like the model). " + _MIGRATE,
-        stacklevel=external_stacklevel(),
-        key=name,
-    )
+    message = _IMPLICIT_GRADIENT.get(name)
+    if message is None:  # (built once per name: an old loop passes here every step)
+        message = _IMPLICIT_GRADIENT[name] = (
+            f"{name}(f, ps) with Params and a function of no arguments is the implicit style "
+            f"of Flux 0.13 and is deprecated: use {name}(lambda m: loss(m, x), model) and take "
+            "element [0] of the gradient (a tree shaped like the model). " + _MIGRATE)
+    warn_deprecated_external(message, key=name)
 
 
 _ANY_ARGS = inspect.CO_VARARGS | inspect.CO_VARKEYWORDS

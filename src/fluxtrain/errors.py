@@ -76,6 +76,29 @@ def warn_deprecated(message: str, *, stacklevel: int = 2, key: str | None = None
     warnings.warn(message, FluxDeprecationWarning, stacklevel=stacklevel + 1)
 
 
+def warn_deprecated_external(message: str, *, key: str | None = None) -> None:
+    """:func:`warn_deprecated` pointing at the first frame outside fluxtrain (the user's
+    line), found in one walk up the stack.
+
+    What ``warn_deprecated(message, stacklevel=external_stacklevel(), key=key)`` does,
+    in one pass: an old training loop calls the deprecated function every step, and
+    all but the first call only look the call site up.
+    """
+    f = sys._getframe(1)
+    level = 1  # f is sys._getframe(level)
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back  # type: ignore[assignment]
+        level += 1
+    site = (f.f_code.co_filename, f.f_lineno, key or message) if f is not None \
+        else ("<unknown>", 0, key or message)
+    if site in _warned_sites:
+        return
+    if _is_nonzero_rank():
+        return
+    _warned_sites.add(site)
+    warnings.warn(message, FluxDeprecationWarning, stacklevel=level + 1)
+
+
 def _is_nonzero_rank() -> bool:
     """True in every process but rank 0 of an initialised torch.distributed group."""
     import torch.distributed as dist

@@ -299,3 +299,26 @@ def test_custom_old_optimiser_runs_implicitly_but_does_not_translate():
     m, _ = model_and_data()
     with pytest.raises(TypeError, match="does not know how to translate"):
         fluxtrain.setup(Halve(), m)
+
+
+def test_a_deprecation_warns_once_per_call_site_of_an_old_loop():
+    """An old training loop calls update_/gradient every step: one warning per line of the
+    user's code (and key), not per call, each pointing at that line."""
+    m, x = model_and_data()
+    ps, _ = quiet_grads(m, x)
+    opt = old.Descent(0.01)
+    lines = []
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")  # Python's own once-per-location filter off
+        for _ in range(3):
+            lines.append(here() + 1)
+            gs = fluxtrain.gradient(lambda: m(x).sum(), ps)
+            lines.append(here() + 1)
+            fluxtrain.update_(opt, ps, gs)
+        lines.append(here() + 1)
+        fluxtrain.update_(opt, ps, gs)  # another line: warned again
+    dep = [r for r in rec if issubclass(r.category, fluxtrain.FluxDeprecationWarning)]
+    assert [(w.filename, w.lineno) for w in dep] == [(__file__, n) for n in
+                                                      (lines[0], lines[1], lines[-1])]
+    assert "gradient(f, ps)" in str(dep[0].message) and "update_(opt, ps, gs)" in str(
+        dep[1].message)
