@@ -958,8 +958,11 @@ def _adam(rule: Any, ws: _Workspace, states: list[Any], xs: list[torch.Tensor],
 
 
 # ----------------------------------------------------------------------- native kernel
-#: elements per thread below which the native kernel stays on fewer threads
-NATIVE_MIN_PER_THREAD = 1 << 17
+#: elements per thread below which the native kernel stays on fewer threads, per rule:
+#: measured on the 2-core host with torch's pool just used (as in a training step),
+#: splitting pays from 32K elements for Adam (compute-heavy: 44 -> 28 us on 74K
+#: elements) and from 64K for Descent/Momentum (at 32K the split costs more than it saves)
+NATIVE_MIN_PER_THREAD = {R.Descent: 1 << 15, R.Momentum: 1 << 15, R.Adam: 1 << 14}
 _RULE_CODE = {R.Descent: 0, R.Momentum: 1, R.Adam: 2}
 
 
@@ -1157,7 +1160,7 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
         keep += [da1, da2]
         args = (code, f64, n, xa, ga, ma, va, offs, da1.buffer_info()[0],
                 da2.buffer_info()[0], 0 if uniform else 1, eta, b1, b2, c1, c2, eps)
-    args += (nthreads, NATIVE_MIN_PER_THREAD)
+    args += (nthreads, NATIVE_MIN_PER_THREAD[cls])
 
     def run(_keep: tuple[Any, ...] = tuple(keep)) -> None:
         step(*args)  # _keep: the arrays whose addresses args holds stay alive with run
