@@ -405,3 +405,40 @@ def test_gradient_check_equals_the_numpy_overlap_rule(meta: Any) -> None:
                 ([1], i64, i64, np.array([1, 2], dtype=np.int64), None),
                 ([1.0], i64, i64, i64, None), ([1], i64, i64, i64, np.array([0, 1]))):
         assert meta.gradient_check(*bad) is None
+
+
+def test_a_collection_that_changes_the_list_read_gives_none_not_a_crash(meta: Any) -> None:
+    """Allocating may run the cycle collector, and with it finalizers and gc callbacks
+    (synchronously before CPython 3.12). One that shrinks the very list being read makes
+    the read answer None; where the collection runs later, the answer is that of the
+    list as it was."""
+    from fluxtrain.core.rules import AdamState
+
+    bt, nxt = (0.9, 0.999), (0.81, 0.998)
+    states = [AdamState(torch.ones(2) * i, torch.zeros(2), bt) for i in range(50)]
+    expected = [AdamState(s.m, s.v, nxt) for s in states]
+    xs = [torch.ones(1) for _ in range(50)]
+    by_id = {id(x): torch.zeros(1) for x in xs}
+    expected_grads = [by_id[id(x)] for x in xs]
+
+    def shrink(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            for lst in (states, xs):
+                if lst:
+                    lst.pop()
+
+    old = gc.get_threshold()
+    gc.callbacks.append(shrink)
+    gc.set_threshold(1)
+    try:
+        got = meta.restate(AdamState, states, bt, nxt)
+        grads = meta.grads_by_id(by_id, xs, torch.Tensor)
+    finally:
+        gc.set_threshold(*old)
+        gc.callbacks.remove(shrink)
+    # None, or the answer for the list as it was when read (a prefix of the original)
+    assert got is None or (len(got) <= len(expected) and all(
+        n.m is e.m and n.v is e.v and n.beta_t is nxt for n, e in zip(got, expected)))
+    assert grads is None or (grads[1] is False and len(grads[0]) <= len(expected_grads) and all(
+        g is e for g, e in zip(grads[0], expected_grads)))
+    assert len(states) < 50  # the callback did run

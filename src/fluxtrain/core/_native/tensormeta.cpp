@@ -122,6 +122,21 @@ PyObject* int_list(const std::vector<long long>& ptrs) {
   return out;
 }
 
+// A new list of n items (to be filled), or nullptr: out of memory (an error set), or
+// ``src`` (the list or dict being read) no longer holds n items. Allocating a tracked
+// object may run the cycle collector and with it arbitrary finalizers (CPython < 3.12
+// collects synchronously), which could change ``src``; the caller then answers None.
+PyObject* new_list_of(Py_ssize_t n, PyObject* src) {
+  PyObject* out = PyList_New(n);
+  if (out == nullptr) return nullptr;
+  Py_ssize_t now = PyList_Check(src) ? PyList_GET_SIZE(src) : PyDict_Check(src) ? PyDict_GET_SIZE(src) : n;
+  if (now != n) {
+    Py_DECREF(out);
+    return nullptr;
+  }
+  return out;
+}
+
 // Every entry point: a C++ exception (a tensor kind without storage or strides) must
 // not cross into Python's C code; the answer is then None (the Python route decides).
 #define GUARDED(...)   \
@@ -272,14 +287,19 @@ PyObject* restate_(PyObject* cls_obj, PyObject* list, PyObject* was, PyObject* b
     if (Py_TYPE(s) != cls || PyTuple_GET_SIZE(s) != 3 || PyTuple_GET_ITEM(s, 2) != was)
       Py_RETURN_NONE;
   }
-  PyObject* out = PyList_New(n);
-  if (out == nullptr) return nullptr;
+  PyObject* out = new_list_of(n, list);
+  if (out == nullptr) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
   for (Py_ssize_t i = 0; i < n; i++) {
-    PyObject* s = PyList_GET_ITEM(list, i);
-    PyObject* t = cls->tp_alloc(cls, 3);
+    PyObject* t = cls->tp_alloc(cls, 3);  // may run the collector: read s after it
     if (t == nullptr) {
       Py_DECREF(out);
       return nullptr;
+    }
+    PyObject* s = PyList_GET_SIZE(list) == n ? PyList_GET_ITEM(list, i) : nullptr;
+    if (s == nullptr || Py_TYPE(s) != cls || PyTuple_GET_ITEM(s, 2) != was) {
+      Py_DECREF(t);  // (NULL items: tuple and list deallocation skip them)
+      Py_DECREF(out);
+      Py_RETURN_NONE;
     }
     for (Py_ssize_t k = 0; k < 2; k++) {
       PyObject* item = PyTuple_GET_ITEM(s, k);
@@ -303,8 +323,8 @@ PyObject* grads_by_id(PyObject*, PyObject* args) {
   if (!PyArg_ParseTuple(args, "OOO", &by_id, &xs, &tensor_type)) return nullptr;
   if (!PyDict_CheckExact(by_id) || !PyList_Check(xs)) Py_RETURN_NONE;
   Py_ssize_t n = PyList_GET_SIZE(xs);
-  PyObject* out = PyList_New(n);
-  if (out == nullptr) return nullptr;
+  PyObject* out = new_list_of(n, xs);
+  if (out == nullptr) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
   bool any_rg = false;
   for (Py_ssize_t i = 0; i < n; i++) {
     PyObject* x = PyList_GET_ITEM(xs, i);
@@ -343,8 +363,8 @@ PyObject* values_if_keys(PyObject*, PyObject* args) {
   if (!PyDict_CheckExact(d) || !PyList_Check(keys)) Py_RETURN_NONE;
   Py_ssize_t n = PyList_GET_SIZE(keys);
   if (PyDict_GET_SIZE(d) != n) Py_RETURN_NONE;
-  PyObject* out = PyList_New(n);
-  if (out == nullptr) return nullptr;
+  PyObject* out = new_list_of(n, d);
+  if (out == nullptr) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
   Py_ssize_t pos = 0, i = 0;
   PyObject *k, *v;
   while (PyDict_Next(d, &pos, &k, &v)) {
@@ -461,8 +481,8 @@ PyObject* leaf_states(PyObject*, PyObject* args) {
   if (!PyArg_ParseTuple(args, "OO", &list, &rule)) return nullptr;
   if (!PyList_Check(list)) Py_RETURN_NONE;
   Py_ssize_t n = PyList_GET_SIZE(list);
-  PyObject* out = PyList_New(n);
-  if (out == nullptr) return nullptr;
+  PyObject* out = new_list_of(n, list);
+  if (out == nullptr) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
   for (Py_ssize_t i = 0; i < n; i++) {
     PyObject* leaf = PyList_GET_ITEM(list, i);
     bool failed = false;
