@@ -442,3 +442,46 @@ def test_a_collection_that_changes_the_list_read_gives_none_not_a_crash(meta: An
     assert grads is None or (grads[1] is False and len(grads[0]) <= len(expected_grads) and all(
         g is e for g, e in zip(grads[0], expected_grads)))
     assert len(states) < 50  # the callback did run
+
+
+def test_python_code_run_by_a_read_that_changes_the_list_gives_none(meta: Any) -> None:
+    """A tensor subclass's read-only property, or a Leaf subclass's state property, may
+    run any Python code during the read; if it changes the list being read, the read
+    answers None (the Python route then decides), and nothing dangles."""
+    from fluxtrain.core.rules import Descent
+    from fluxtrain.optimisers.leaf import Leaf
+
+    victim: list[Any] = []
+
+    class Meddling(torch.Tensor):
+        @property
+        def _fluxtrain_readonly(self) -> bool:
+            if len(victim) > 3:
+                victim.pop()
+            return False
+
+    victim += [torch.ones(2).as_subclass(Meddling) for _ in range(6)]
+    assert meta.fingerprint(victim) is None
+    assert len(victim) == 5
+    steady = [torch.ones(2).as_subclass(Meddling)]
+    victim[:] = []
+    assert meta.fingerprint(steady) is not None  # no change: an answer
+
+    rule = Descent(0.1)
+    leaves: list[Any] = []
+
+    class MeddlingLeaf(Leaf):
+        __slots__ = ()
+
+        @property  # type: ignore[override]
+        def state(self) -> Any:
+            if len(leaves) > 2:
+                del leaves[-1]
+            return None
+
+        @state.setter
+        def state(self, value: Any) -> None:
+            pass
+
+    leaves += [MeddlingLeaf(rule, None) for _ in range(5)]
+    assert meta.leaf_states(leaves, rule) is None

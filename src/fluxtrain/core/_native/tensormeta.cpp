@@ -151,9 +151,23 @@ PyObject* fingerprint_(PyObject* list) {
   if (!tensors_of(list, ts)) Py_RETURN_NONE;
   std::vector<int64_t> w;
   w.reserve(ts.size() * 12);
-  Py_ssize_t i = 0;
-  for (const at::Tensor* t : ts) {
-    PyObject* o = PyList_GET_ITEM(list, i++);
+  // the elements held for the whole read: a read-only mark's getattr may run Python code
+  // (a tensor subclass's property) that changes the list, and ts points into them
+  Py_ssize_t n = PyList_GET_SIZE(list);
+  std::vector<PyObject*> held(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; i++) {
+    held[static_cast<size_t>(i)] = PyList_GET_ITEM(list, i);
+    Py_INCREF(held[static_cast<size_t>(i)]);
+  }
+  struct Release {
+    std::vector<PyObject*>& objs;
+    ~Release() {
+      for (PyObject* o : objs) Py_DECREF(o);
+    }
+  } release{held};
+  for (Py_ssize_t i = 0; i < n; i++) {
+    const at::Tensor* t = ts[static_cast<size_t>(i)];
+    PyObject* o = held[static_cast<size_t>(i)];
     w.push_back(reinterpret_cast<int64_t>(Py_TYPE(o)));
     w.push_back(reinterpret_cast<int64_t>(t->data_ptr()));
     bool contig = t->is_contiguous();
@@ -164,10 +178,14 @@ PyObject* fingerprint_(PyObject* list) {
     w.push_back(d);
     w.push_back(contig);
     w.push_back(t->is_inference());
-    w.push_back(readonly_mark(o));
+    size_t mark = w.size();
+    w.push_back(0);
     for (int64_t k = 0; k < d; k++) w.push_back(t->size(k));
     if (!contig)
       for (int64_t k = 0; k < d; k++) w.push_back(t->stride(k));
+    w[mark] = readonly_mark(o);
+    if (PyList_GET_SIZE(list) != n || PyList_GET_ITEM(list, i) != o)
+      Py_RETURN_NONE;  // the list changed meanwhile: no answer for it
   }
   return to_bytes(w);
 }
@@ -484,7 +502,13 @@ PyObject* leaf_states(PyObject*, PyObject* args) {
   PyObject* out = new_list_of(n, list);
   if (out == nullptr) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
   for (Py_ssize_t i = 0; i < n; i++) {
+    // (the lookups may run Python code, a Leaf subclass's property: re-check the list)
+    if (PyList_GET_SIZE(list) != n) {
+      Py_DECREF(out);
+      Py_RETURN_NONE;
+    }
     PyObject* leaf = PyList_GET_ITEM(list, i);
+    Py_INCREF(leaf);  // held through its own lookups
     bool failed = false;
     PyObject* r = lookup(leaf, name_rule, &failed);
     bool ok = r == rule;
@@ -497,6 +521,7 @@ PyObject* leaf_states(PyObject*, PyObject* args) {
       ok = t == 0;
     }
     PyObject* st = ok ? lookup(leaf, name_state, &failed) : nullptr;
+    Py_DECREF(leaf);
     if (st == nullptr) {
       Py_DECREF(out);
       Py_RETURN_NONE;
