@@ -307,7 +307,7 @@ def test_restate_equals_building_each_adam_state(meta: Any) -> None:
 
 def test_leaf_states_and_identical_against_python(meta: Any) -> None:
     from fluxtrain.core.rules import Descent
-    from fluxtrain.optimisers.leaf import Leaf
+    from fluxtrain.optimisers.leaf import Leaf, shared_rule
 
     r = Descent(0.1)
     leaves = [Leaf(r, torch.ones(2)), Leaf(r, None), Leaf(r, (torch.ones(1),))]
@@ -317,9 +317,9 @@ def test_leaf_states_and_identical_against_python(meta: Any) -> None:
     leaves[1].frozen = True
     assert meta.leaf_states(leaves, r) is None
     assert meta.leaf_states([object()], r) is None  # no .rule
-    assert tensormeta.leaf_states(leaves, r) is None
+    assert shared_rule(leaves) is None  # the Python route's answer: the same refusal
     leaves[1].frozen = False
-    assert tensormeta.leaf_states(leaves, r) == got
+    assert meta.leaf_states(leaves, r) == got and shared_rule(leaves) is r
     a, b = torch.ones(1), torch.ones(1)
     assert meta.identical([a, b], [a, b]) is True and meta.identical([a, b], (a, b)) is True
     assert meta.identical([a, b], [a, torch.ones(1)]) is False  # equal is not identical

@@ -37,7 +37,6 @@ import subprocess
 import sys
 import sysconfig
 import threading
-from itertools import repeat
 from operator import attrgetter, is_, methodcaller
 from pathlib import Path
 from types import ModuleType
@@ -51,7 +50,7 @@ except ImportError:  # not POSIX: concurrent builds still end in an atomic renam
     fcntl = None  # type: ignore[assignment]
 
 __all__ = ["module", "why_unavailable", "all_float_or_complex", "all_require_grad",
-           "any_requires_grad", "identical", "leaf_states", "grads_by_id", "values_if_keys"]
+           "any_requires_grad", "identical", "grads_by_id", "values_if_keys"]
 
 log = logging.getLogger(__name__)
 
@@ -353,9 +352,6 @@ def module(wait: bool = False) -> ModuleType | None:
 # where the C++ read answers None: a list it cannot read).
 _is_floating_point = methodcaller("is_floating_point")
 _requires_grad = attrgetter("requires_grad")
-_rule_of = attrgetter("rule")
-_frozen_of = attrgetter("frozen")
-_state_of = attrgetter("state")
 
 
 def all_float_or_complex(ts: list[Any]) -> bool:
@@ -393,18 +389,6 @@ def identical(a: Any, b: Any) -> bool:
     if got is None:
         return len(a) == len(b) and all(map(is_, a, b))
     return bool(got)
-
-
-def leaf_states(leaves: list[Any], rule: object) -> list[Any] | None:
-    """``[leaf.state for leaf in leaves]`` if every leaf holds ``rule`` (the very object)
-    and none is frozen; else ``None``. One pass over the leaves."""
-    mod = module()
-    got = mod.leaf_states(leaves, rule) if mod is not None else None
-    if got is not None:
-        return got  # type: ignore[no-any-return]
-    if not all(map(is_, map(_rule_of, leaves), repeat(rule))) or any(map(_frozen_of, leaves)):
-        return None
-    return list(map(_state_of, leaves))
 
 
 def grads_by_id(by_id: dict[int, Any], xs: list[Any],

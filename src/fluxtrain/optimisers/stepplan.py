@@ -61,7 +61,7 @@ from torch import nn
 from fluxtrain import core
 from fluxtrain.core import plan, tensormeta
 from fluxtrain.optimisers import tree as T
-from fluxtrain.optimisers.leaf import Leaf
+from fluxtrain.optimisers.leaf import Leaf, shared_rule
 from fluxtrain.optimisers.tree import StateTree
 
 __all__ = ["StepPlan", "build", "lookup", "store", "forget", "MAX_STRONG", "MAX_STALE"]
@@ -209,7 +209,14 @@ class StepPlan:
         rule = leaves[0].rule
         if not plan.trusted(rule):
             return None
-        states = tensormeta.leaf_states(leaves, rule)  # None: another rule somewhere, or frozen
+        # the states, if every leaf holds this rule object unfrozen: one C++ pass over the
+        # leaves once built (None: another rule somewhere, frozen, or unreadable: the
+        # general walk decides), else shared_rule's
+        meta = tensormeta.module()
+        if meta is not None:
+            states = meta.leaf_states(leaves, rule)
+        else:
+            states = list(map(_state_of, leaves)) if shared_rule(leaves) is rule else None
         if states is None:
             return None
         gs = self.gather(grads, flat)
