@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from types import FrameType
 
 __all__ = [
     "DomainError",
@@ -38,18 +39,23 @@ class FluxDeprecationWarning(DeprecationWarning):
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 
+def _first_external(f: FrameType | None) -> tuple[FrameType | None, int]:
+    """The first frame from ``f`` up that is outside fluxtrain, and how many frames above
+    ``f`` it is (0: ``f`` itself)."""
+    up = 0
+    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
+        f = f.f_back
+        up += 1
+    return f, up
+
+
 def external_stacklevel() -> int:
     """The ``stacklevel`` (for the caller of this helper) of the first frame outside fluxtrain.
 
     Lets a warning point at the user's line however deep inside fluxtrain
     (``fluxtrain.setup`` -> ``optimisers.setup``, ``train_`` -> ``setup`` ...) it is raised.
     """
-    f = sys._getframe(1)
-    level = 1
-    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
-        f = f.f_back  # type: ignore[assignment]
-        level += 1
-    return level
+    return 1 + _first_external(sys._getframe(1))[1]
 
 
 # Call sites (filename, lineno, message key) that have already been warned.
@@ -64,16 +70,10 @@ def warn_deprecated(message: str, *, stacklevel: int = 2, key: str | None = None
     warnings issued from the same line (defaults to the message).
     """
     try:
-        frame = sys._getframe(stacklevel)
-        site = (frame.f_code.co_filename, frame.f_lineno, key or message)
+        frame: FrameType | None = sys._getframe(stacklevel)
     except ValueError:  # stack shallower than stacklevel
-        site = ("<unknown>", 0, key or message)
-    if site in _warned_sites:
-        return  # first: an old training loop passes here every step
-    if _is_nonzero_rank():
-        return  # one process speaks for all in data-parallel training
-    _warned_sites.add(site)
-    warnings.warn(message, FluxDeprecationWarning, stacklevel=stacklevel + 1)
+        frame = None
+    _warn_once(frame, message, key, stacklevel + 1)
 
 
 def warn_deprecated_external(message: str, *, key: str | None = None) -> None:
@@ -84,19 +84,22 @@ def warn_deprecated_external(message: str, *, key: str | None = None) -> None:
     in one pass: an old training loop calls the deprecated function every step, and
     all but the first call only look the call site up.
     """
-    f = sys._getframe(1)
-    level = 1  # f is sys._getframe(level)
-    while f is not None and f.f_code.co_filename.startswith(_PKG_DIR):
-        f = f.f_back  # type: ignore[assignment]
-        level += 1
-    site = (f.f_code.co_filename, f.f_lineno, key or message) if f is not None \
+    frame, up = _first_external(sys._getframe(1))
+    _warn_once(frame, message, key, up + 2)
+
+
+def _warn_once(frame: FrameType | None, message: str, key: str | None,
+               stacklevel: int) -> None:
+    """Warn at ``frame``'s line unless that site was warned already; ``stacklevel`` counts
+    from the caller of this function, as ``warnings.warn`` would there."""
+    site = (frame.f_code.co_filename, frame.f_lineno, key or message) if frame is not None \
         else ("<unknown>", 0, key or message)
     if site in _warned_sites:
-        return
+        return  # first: an old training loop passes here every step
     if _is_nonzero_rank():
-        return
+        return  # one process speaks for all in data-parallel training
     _warned_sites.add(site)
-    warnings.warn(message, FluxDeprecationWarning, stacklevel=level + 1)
+    warnings.warn(message, FluxDeprecationWarning, stacklevel=stacklevel + 1)
 
 
 def _is_nonzero_rank() -> bool:
