@@ -855,25 +855,20 @@ def _bias(states: list[Any], b1: float, b2: float, dt: torch.dtype) -> tuple[
 ]:
     """Per leaf ``cast(1-βt1)``, ``cast(1-βt2)``, the advanced states, and whether all βt agree."""
     n = len(states)
+    bt = _beta_t(states[0])
+    adv = R._advance(bt, b1, b2, dt)
+    # AdamState(s.m, s.v, adv) for every state when all βt agree, without a per-leaf
+    # Python loop: one C++ call once built (None unless every state is exactly an
+    # AdamState holding this very βt object, the usual case from the second step on: the
+    # states made here share their advanced βt), else tuple.__new__, which skips the
+    # Python-level NamedTuple __new__
     meta = tensormeta.module()
-    if meta is not None and n and type(states[0]) is R.AdamState:
-        bt = states[0].beta_t
-        adv = R._advance(bt, b1, b2, dt)
-        # AdamState(s.m, s.v, adv) for every state, in one C++ call; None unless every
-        # state is exactly an AdamState holding this very βt object (the usual case from
-        # the second step on: the states made here share their advanced βt)
-        new = meta.restate(R.AdamState, states, bt, adv)
-        if new is not None:
-            return [cast(1 - bt[0], dt)] * n, [cast(1 - bt[1], dt)] * n, new, True
-    bts = list(map(_beta_t, states))
-    if bts.count(bts[0]) == n:  # equal βt everywhere, without a per-leaf Python loop
-        bt = bts[0]
-        e1, e2 = cast(1 - bt[0], dt), cast(1 - bt[1], dt)
-        adv = R._advance(bt, b1, b2, dt)
-        # tuple.__new__ builds each AdamState without the Python-level NamedTuple __new__
-        return ([e1] * n, [e2] * n,
-                list(map(tuple.__new__, repeat(R.AdamState),
-                         zip(map(_m, states), map(_v, states), repeat(adv)))), True)
+    new = meta.restate(R.AdamState, states, bt, adv) if meta is not None else None
+    if new is None and list(map(_beta_t, states)).count(bt) == n:
+        new = list(map(tuple.__new__, repeat(R.AdamState),
+                       zip(map(_m, states), map(_v, states), repeat(adv))))
+    if new is not None:
+        return [cast(1 - bt[0], dt)] * n, [cast(1 - bt[1], dt)] * n, new, True
     memo: dict[tuple[float, float], tuple[float, float, tuple[float, float]]] = {}
     d1: list[float] = []
     d2: list[float] = []
