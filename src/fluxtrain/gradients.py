@@ -105,12 +105,9 @@ def _differentiate(f: Any, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]
     finally:
         for t in toggled:
             t.requires_grad_(False)
+    by_id = {id(t): g for t, g in zip(tensors, gs)}
     # 3. gradient trees shaped like the arguments
-    if len(tensors) == len(firsts):  # (no inference tensor left out: firsts' order)
-        grads_of: dict[int, Any] = dict(zip(firsts, gs))
-    else:
-        by_id = {id(t): g for t, g in zip(tensors, gs)}
-        grads_of = {key: by_id.get(id(t)) for key, t in firsts.items()}
+    grads_of: dict[int, Any] = {key: by_id.get(id(t)) for key, t in firsts.items()}
     seen: set[int] = set()
     return out, tuple(_mirror_grad(a, True, grads_of, seen)[0] for a in args)
 
