@@ -246,16 +246,7 @@ PyObject* gradient_reads_(PyObject* list, PyObject* types) {
     Py_DECREF(like);
     return nullptr;
   }
-  PyObject* out = PyTuple_New(3);
-  if (out == nullptr) {
-    Py_DECREF(like);
-    Py_DECREF(addr);
-    return nullptr;
-  }
-  PyTuple_SET_ITEM(out, 0, like);
-  PyTuple_SET_ITEM(out, 1, addr);
-  PyTuple_SET_ITEM(out, 2, PyBool_FromLong(contig));
-  return out;
+  return Py_BuildValue("(NNO)", like, addr, contig ? Py_True : Py_False);
 }
 
 // The data addresses of the states' tensors as int64 bytes: nslots 1, every state a
