@@ -13,6 +13,7 @@ __all__ = [
     "external_stacklevel",
     "reset_deprecation_sites",
     "warn_deprecated",
+    "warn_deprecated_external",
 ]
 
 
