@@ -2,7 +2,7 @@
 
 Run ``.venv/bin/python benchmarks/layout.py`` (``--quick`` for a smoke run). It calls
 the kernel (``fluxtrain.core.native``) directly, with no per-step checks, on 2,000
-leaves of 4,096 float32 elements laid out three ways, and prints each layout's median
+leaves of 4,096 float32 elements laid out four ways, and prints each layout's median
 ms per step and its ratio to the flat layout, paired within rounds (the host is shared):
 
 * **flat**: one buffer per stream (parameters, gradients, m, v), the leaves views of it,
@@ -16,8 +16,9 @@ ms per step and its ratio to the flat layout, paired within rounds (the host is 
   temporary of its size and each m beside its v (as ``setup`` allocates an Adam state),
   so that every stream but the parameters' has a hole of its own size after each leaf.
 
-The benchmark's 2,000 x 4,096 case has the third kind of gradients and states; see
-docs/speed.md for what the difference means for the default path and ``flatten_``.
+``benchmarks/bench.py``'s 2,000 x 4,096 case has the "m beside v" layout (its gradients had
+holes until they were scaled in place); see docs/speed.md for what the difference means for
+the default path and ``flatten_``.
 """
 
 from __future__ import annotations
@@ -31,10 +32,10 @@ from collections.abc import Callable
 
 import torch
 
-from fluxtrain.core import native
+from fluxtrain.core import native, plan
+from fluxtrain.core import rules as R
 
 LEAVES, SIZE = 2000, 4096
-ADAM = 2  # the kernel's rule code (fused.c)
 Streams = tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]
 
 
@@ -53,14 +54,19 @@ def separate_dense() -> Streams:
     return x, g, m, v
 
 
-def states_side_by_side() -> Streams:
-    x = [torch.randn(SIZE) for _ in range(LEAVES)]
-    g = [torch.randn(SIZE) for _ in range(LEAVES)]
+def m_beside_v() -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Adam states allocated leaf by leaf, each m then its v, as ``setup`` allocates them."""
     m, v = [], []
     for _ in range(LEAVES):
         m.append(torch.zeros(SIZE))
         v.append(torch.zeros(SIZE))
-    return x, g, m, v
+    return m, v
+
+
+def states_side_by_side() -> Streams:
+    x = [torch.randn(SIZE) for _ in range(LEAVES)]
+    g = [torch.randn(SIZE) for _ in range(LEAVES)]
+    return (x, g, *m_beside_v())
 
 
 def separate_with_holes(keep: list[torch.Tensor]) -> Streams:
@@ -69,11 +75,7 @@ def separate_with_holes(keep: list[torch.Tensor]) -> Streams:
     for _ in range(LEAVES):
         keep.append(torch.empty(SIZE))  # a neighbour of the gradient's size, kept alive
         g.append(torch.randn(SIZE))
-    m, v = [], []
-    for _ in range(LEAVES):
-        m.append(torch.zeros(SIZE))
-        v.append(torch.zeros(SIZE))
-    return x, g, m, v
+    return (x, g, *m_beside_v())
 
 
 def kernel_step(streams: Streams) -> Callable[[], None]:
@@ -91,8 +93,9 @@ def kernel_step(streams: Streams) -> Callable[[], None]:
     nthreads = torch.get_num_threads()
 
     def run(_keep: Streams = streams) -> None:
-        lib.fluxtrain_step(ADAM, 0, LEAVES, xa, ga, ma, va, offs, d1, d2, 0, 1e-3, 0.9,
-                           0.999, 0.1, 0.001, 1e-8, nthreads, 1 << 14)
+        lib.fluxtrain_step(plan._RULE_CODE[R.Adam], 0, LEAVES, xa, ga, ma, va, offs, d1, d2,
+                           0, 1e-3, 0.9, 0.999, 0.1, 0.001, 1e-8, nthreads,
+                           plan.NATIVE_MIN_PER_THREAD[R.Adam])
 
     return run
 
