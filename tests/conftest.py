@@ -20,15 +20,29 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-@pytest.fixture(params=["python-reads", "tensormeta"])
+@pytest.fixture(params=["python-reads", "tensormeta", "tensormeta-threaded"])
 def tensor_reads(request, monkeypatch):
     """Run a test with the fused step's per-step checks read from Python, then with the
-    C++ bulk reads (``fluxtrain.core.tensormeta``; skipped where it cannot be built)."""
+    C++ bulk reads (``fluxtrain.core.tensormeta``; skipped where it cannot be built), then
+    with the C++ reads of lists of 4 tensors or more on several threads (by default only
+    lists of 512 or more are; skipped where it is built without OpenMP)."""
     from fluxtrain.core import tensormeta
 
-    if request.param == "tensormeta":
-        if tensormeta.module(wait=True) is None:
-            pytest.skip(f"tensormeta unavailable: {tensormeta.why_unavailable()}")
-    else:
+    if request.param == "python-reads":
         monkeypatch.setattr(tensormeta, "module", lambda wait=False: None)
-    return request.param
+        yield request.param
+        return
+    meta = tensormeta.module(wait=True)
+    if meta is None:
+        pytest.skip(f"tensormeta unavailable: {tensormeta.why_unavailable()}")
+    if request.param == "tensormeta":
+        yield request.param
+        return
+    was = meta.parallel_threshold()
+    if was == 0:
+        pytest.skip("tensormeta built without OpenMP: no reads on several threads")
+    meta.parallel_threshold(4)
+    try:
+        yield request.param
+    finally:
+        meta.parallel_threshold(was)

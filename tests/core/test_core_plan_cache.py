@@ -385,7 +385,7 @@ def test_reads_built_later_take_over_without_a_miss(name: str, tensor_reads: str
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """A leaf set recorded while the C++ reads were still being built switches to them
     once they exist, at the next step that passed the Python checks, with the same bits."""
-    if tensor_reads != "tensormeta":
+    if not tensor_reads.startswith("tensormeta"):
         pytest.skip("needs the C++ reads")
     built = tensormeta.module()
     ready = [False]

@@ -485,3 +485,127 @@ def test_python_code_run_by_a_read_that_changes_the_list_gives_none(meta: Any) -
 
     leaves += [MeddlingLeaf(rule, None) for _ in range(5)]
     assert meta.leaf_states(leaves, rule) is None
+
+
+# ------------------------------------------------------------ reads on several threads
+@pytest.fixture()
+def threaded(meta: Any) -> Any:
+    """``meta`` reading lists of 4 items or more on several threads (its default: 512)."""
+    was = meta.parallel_threshold()
+    if was == 0:
+        pytest.skip("tensormeta built without OpenMP: every read is on the calling thread")
+    meta.parallel_threshold(4)
+    yield meta
+    meta.parallel_threshold(was)
+
+
+def single(meta: Any, fn: Any, *args: Any) -> Any:
+    """``fn(*args)`` read on the calling thread alone."""
+    was = meta.parallel_threshold(1 << 40)
+    try:
+        return fn(*args)
+    finally:
+        meta.parallel_threshold(was)
+
+
+def test_threaded_reads_equal_the_python_reads(threaded: Any) -> None:
+    meta = threaded
+    ts = variety() * 40  # subclasses, int and inference tensors, views: all kinds at once
+    exact = [t for t in ts if type(t) in (torch.Tensor, torch.nn.Parameter)]
+    assert meta.addresses(ts) == [t.data_ptr() for t in ts]
+    assert meta.all_contiguous(exact) is all(t.is_contiguous() for t in exact) is False
+    floats = [t for t in exact if t.is_floating_point()]
+    assert meta.all_float_or_complex(floats) is True
+    assert meta.all_float_or_complex(floats + [torch.ones(1, dtype=torch.int64)]) is False
+    params = [t for t in exact if t.requires_grad]
+    assert params and meta.all_require_grad(params) is True
+    assert meta.all_require_grad(exact) is False and meta.any_requires_grad(exact) is True
+    got = meta.gradient_reads(exact, (torch.Tensor, torch.nn.Parameter))
+    assert got == (single(meta, meta.like, exact), [t.data_ptr() for t in exact],
+                   all(t.is_contiguous() for t in exact))
+    assert meta.gradient_reads(exact, (torch.Tensor,)) is None  # a Parameter among them
+    assert meta.gradient_reads(ts, (torch.Tensor, torch.nn.Parameter)) is None  # a subclass
+    from fluxtrain.core.rules import AdamState
+
+    states = [AdamState(m, v, (0.9, 0.99)) for m, v in zip(exact, exact[::-1])]
+    assert words(meta.slot_addresses(states, 2)) == (
+        [s.m.data_ptr() for s in states] + [s.v.data_ptr() for s in states])
+    assert words(meta.slot_addresses(exact, 1)) == [t.data_ptr() for t in exact]
+    for fn, args in ((meta.addresses, (ts,)), (meta.all_float_or_complex, (ts,)),
+                     (meta.gradient_reads, (exact, (torch.Tensor, torch.nn.Parameter))),
+                     (meta.slot_addresses, (states, 2)), (meta.fingerprint, (ts,))):
+        assert fn(*args) == single(meta, fn, *args)
+
+
+def test_threaded_reads_hand_what_they_cannot_read_to_the_calling_thread(
+        threaded: Any) -> None:
+    meta = threaded
+    from fluxtrain.core.rules import AdamState
+
+    plain = [torch.ones(2) for _ in range(50)]
+    sub = torch.ones(2).as_subclass(Sub)  # isinstance may run Python code: not off-thread
+    deep = torch.ones([1] * 9)  # more dimensions than a threaded read records
+    sparse = torch.ones(2, 2).to_sparse()  # a read that throws
+    for odd in (sub, deep):
+        ts = plain[:25] + [odd] + plain[25:]
+        assert meta.addresses(ts) == [t.data_ptr() for t in ts]
+        assert meta.all_float_or_complex(ts) is True
+        states = [AdamState(t, t, ()) for t in ts]
+        assert words(meta.slot_addresses(states, 2)) == [t.data_ptr() for t in ts] * 2
+        assert meta.slot_addresses(ts, 1) == single(meta, meta.slot_addresses, ts, 1)
+    got = meta.gradient_reads(plain + [deep], (torch.Tensor,))
+    assert got == (meta.like(plain + [deep]), [t.data_ptr() for t in plain + [deep]], True)
+    assert meta.gradient_reads(plain + [sub], (torch.Tensor, Sub)) == single(
+        meta, meta.gradient_reads, plain + [sub], (torch.Tensor, Sub))
+    assert meta.all_contiguous(plain + [sparse]) is False  # sparse: not contiguous, no throw
+    for fn, args in ((meta.addresses, (plain + [sparse],)),
+                     (meta.gradient_reads, (plain + [sparse], (torch.Tensor,))),
+                     (meta.slot_addresses, (plain + [sparse], 1)),
+                     (meta.slot_addresses, ([AdamState(t, t, ()) for t in plain]
+                                            + [AdamState(sparse, sparse, ())], 2))):
+        assert fn(*args) is None  # as on the calling thread: no answer, not a crash
+        assert single(meta, fn, *args) is None
+    assert meta.slot_addresses(plain + [1.0], 1) is None
+    assert meta.slot_addresses([(t,) for t in plain], 2) is None
+
+
+def test_parallel_threshold_reads_and_sets(meta: Any) -> None:
+    was = meta.parallel_threshold()
+    if was == 0:
+        pytest.skip("tensormeta built without OpenMP")
+    assert was == 512  # the default
+    assert meta.parallel_threshold(7) == 512 and meta.parallel_threshold() == 7
+    assert meta.parallel_threshold(0) == 7  # 0 only reads
+    assert meta.parallel_threshold(was) == 7 and meta.parallel_threshold() == 512
+
+
+def test_store_states_equals_setattr(meta: Any) -> None:
+    from fluxtrain.core.rules import Descent
+    from fluxtrain.optimisers.leaf import Leaf
+
+    r = Descent(0.1)
+    leaves = [Leaf(r, None) for _ in range(3)]
+    new = [torch.ones(1), (torch.zeros(2),), None]
+    assert meta.store_states(leaves, new) is True
+    assert all(leaf.state is s for leaf, s in zip(leaves, new))
+    assert meta.store_states([], []) is True
+    for bad in ((leaves, new[:2]), (tuple(leaves), new), (leaves, tuple(new))):
+        assert meta.store_states(*bad) is None  # not two lists of one length: nothing set
+    assert all(leaf.state is s for leaf, s in zip(leaves, new))
+
+    class Refusing(Leaf):
+        __slots__ = ()
+
+        @property  # type: ignore[override]
+        def state(self) -> Any:
+            return None
+
+        @state.setter
+        def state(self, value: Any) -> None:
+            if value is not None:  # (the constructor stores None)
+                raise ValueError("no")
+
+    mixed = [Leaf(r, None), Refusing(r, None), Leaf(r, None)]
+    with pytest.raises(ValueError, match="no"):
+        meta.store_states(mixed, [1, 2, 3])
+    assert mixed[0].state == 1 and mixed[2].state is None  # stopped there, as setattr

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("_native") / "tensormeta.cpp"
 #: must match FLUXTRAIN_TENSORMETA_ABI in tensormeta.cpp
-ABI = 4
+ABI = 5
 #: C++ standards tried in order (newer torch headers ask for C++17 at least)
 _STANDARDS = ("-std=c++17", "-std=c++20")
 _BUILD_TIMEOUT_S = 300
@@ -156,6 +156,27 @@ def _selfcheck(mod: ModuleType) -> str | None:
     if mod.slot_addresses(states, 2) != b"".join(p.to_bytes(8, sys.byteorder, signed=True)
                                                  for p in addrs):
         return "tensormeta: slot_addresses differs from data_ptr()"
+    # lists from parallel_threshold() items on are read on several threads: the same
+    # answers as on the calling thread (each element's bytes are its own)
+    k = max(1, -(-mod.parallel_threshold() // len(ts)))
+    big = ts * k
+    if (fp(big) != fp(ts) * k or mod.addresses(big) != mod.addresses(ts) * k
+            or mod.gradient_reads(big, types) != (got[0] * k, got[1] * k, False)
+            or mod.all_contiguous(big) is not False
+            or mod.all_float_or_complex(big + [a.int()]) is not False
+            or mod.all_require_grad([ts[4]] * len(big)) is not True
+            or mod.slot_addresses(states * k * 3, 2) != b"".join(
+                p.to_bytes(8, sys.byteorder, signed=True)
+                for p in addrs[:2] * k * 3 + addrs[2:] * k * 3)):
+        return "tensormeta: reads of long lists differ from reads of short ones"
+
+    class Holder:
+        __slots__ = ("state",)
+        state: Any
+
+    holders = [Holder(), Holder()]
+    if mod.store_states(holders, states) is not True or [h.state for h in holders] != states:
+        return "tensormeta: store_states differs from setattr"
     if (mod.identical(ts, list(ts)) is not True or mod.identical(ts, ts[::-1]) is not False
             or mod.identical([], ()) is not True or mod.identical(ts, iter(ts)) is not None):
         return "tensormeta: identical() does not compare by identity"
@@ -198,12 +219,14 @@ def _candidates() -> tuple[list[tuple[str, tuple[str, ...], Path]], list[str], l
     src = _SOURCE.read_bytes()
     cflags, link, torch_id = _torch_build()
     out = []
-    for std in _STANDARDS:
-        flags = tuple(cflags + [std])
-        out.append((std, flags, _target([src, " ".join(cxx).encode(), " ".join(flags).encode(),
-                                         version.encode(), torch_id.encode(),
-                                         sys.version.encode(), platform.machine().encode(),
-                                         str(ABI).encode()])))
+    for std, omp in ((s, o) for s in _STANDARDS for o in (True, False)):
+        # -fopenmp: long lists are read on the process's OpenMP threads (torch's libgomp,
+        # as for the step kernel); retried without if the compiler rejects it
+        flags = tuple(cflags + [std] + (["-fopenmp"] if omp else []))
+        key = _target([src, " ".join(cxx).encode(), " ".join(flags).encode(),
+                       version.encode(), torch_id.encode(), sys.version.encode(),
+                       platform.machine().encode(), str(ABI).encode()])
+        out.append((f"{std} -fopenmp" if omp else std, flags, key))
     return out, link, cxx
 
 

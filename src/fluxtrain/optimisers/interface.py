@@ -48,7 +48,7 @@ import torch
 from torch import nn
 
 from fluxtrain import core
-from fluxtrain.core import plan
+from fluxtrain.core import plan, tensormeta
 from fluxtrain.core.base import AbstractRule
 from fluxtrain.core.guards import clone_state, defer_interrupts, restore_state
 from fluxtrain.errors import external_stacklevel
@@ -229,7 +229,9 @@ def _run_fused(leaves: list[Leaf], pending: list[plan.Pending]) -> None:
         if p.kept:  # Descent/Momentum: the leaves hold these very states
             pass
         elif len(p.idx) == len(leaves):  # one group, in order: the usual case
-            list(map(setattr, leaves, repeat("state"), p.states))
+            meta = tensormeta.module()
+            if meta is None or meta.store_states(leaves, p.states) is not True:
+                list(map(setattr, leaves, repeat("state"), p.states))
         else:
             for i, s in zip(p.idx, p.states):
                 leaves[i].state = s
