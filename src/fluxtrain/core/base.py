@@ -146,6 +146,25 @@ class AbstractRule:
         """The initial state for parameter ``x`` (``None`` for stateless rules)."""
         return None
 
+    def init_many(self, xs: Sequence[torch.Tensor]) -> list[State]:
+        """:meth:`init` of every parameter of ``xs``, in order (what ``setup`` calls).
+
+        The states must equal ``[self.init(x) for x in xs]``, which is the default.
+        A rule with several state tensors per parameter may make them slot by slot
+        (every parameter's first tensor, then every second one), so that each slot's
+        tensors lie next to each other in memory: a step over many small parameters
+        then streams each slot through memory without gaps (``benchmarks/layout.py``).
+
+        >>> import torch
+        >>> from fluxtrain.core.rules import Adam, Descent
+        >>> xs = [torch.ones(2), torch.ones(3)]
+        >>> [tuple(s.m.shape) for s in Adam().init_many(xs)], Adam().init_many(xs)[0].beta_t
+        ([(2,), (3,)], (0.8999999761581421, 0.9990000128746033))
+        >>> Descent().init_many(xs)
+        [None, None]
+        """
+        return [self.init(x) for x in xs]
+
     def apply(self, state: State, x: torch.Tensor, dx: torch.Tensor) -> tuple[State, Step]:
         """One step: return ``(new_state, step)``; the caller subtracts ``step`` from ``x``."""
         raise NotImplementedError(

@@ -476,6 +476,23 @@ class Adam(AbstractRule):
         check_param(self, x)
         return _adam_init(x, self.beta)
 
+    def init_many(self, xs: Sequence[torch.Tensor]) -> list[State]:
+        """``[self.init(x) for x in xs]``, with every ``m`` made before every ``v``.
+
+        Made one after another, the ``m`` tensors lie next to each other in memory, and
+        so do the ``v`` tensors: the fused step over 2,000 small leaves streams each
+        slot without gaps (``m`` beside its own ``v`` cost the kernel 3-6%,
+        ``benchmarks/layout.py``). The values are ``init``'s; a subclass with its own
+        ``init`` gets that one, leaf by leaf.
+        """
+        if type(self).init is not Adam.init:
+            return super().init_many(xs)
+        for x in xs:
+            check_param(self, x)
+        ms = [torch.zeros_like(x) for x in xs]
+        vs = [torch.zeros_like(x) for x in xs]
+        return [AdamState(m, v, _betas(self.beta, x.dtype)) for m, v, x in zip(ms, vs, xs)]
+
     def _scalars(self, dtype: torch.dtype) -> tuple[float, float, float, float, float, float]:
         b1, b2 = _betas(self.beta, dtype)
         return (

@@ -272,6 +272,13 @@ def step_many_(
     # rule itself runs inside the commit, on checked inputs, so there is nothing
     # to back up and nothing is allocated per step.
     had = [opt._has_state(x) for x in xs]
+    if not all(had) and type(opt)._get_state is AbstractOptimiser._get_state:
+        # the missing states made together, as setup makes them (Adam: every m, then
+        # every v, so that each slot's tensors lie next to each other); rolled back below
+        # with the rest if the step fails
+        fresh = list({id(x): x for x, h in zip(xs, had) if not h}.values())
+        for x, s in zip(fresh, rule.init_many(fresh)):
+            opt._states[x] = s  # (what _get_state would store)
     origs = [opt._get_state(x) for x in xs]
     backup: list[Any] = []
     committed = [False]  # set inside the commit, before a held-back SIGINT is raised

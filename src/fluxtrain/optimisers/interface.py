@@ -114,7 +114,9 @@ def setup(rule: Any, model: Any, *, default: Any = None) -> Any:
             )
         rule, init = resolved
     cache: dict[int, tuple[Any, Leaf]] = {}
-    state = _setup_walk(rule, init, model, True, cache, choices)
+    inits: list[tuple[Leaf, Any, torch.Tensor]] = []
+    state = _setup_walk(rule, init, model, True, cache, choices, inits)
+    _init_leaves(inits)
     if not cache:
         warnings.warn(
             "setup found no trainable parameters in this model",
@@ -125,9 +127,12 @@ def setup(rule: Any, model: Any, *, default: Any = None) -> Any:
 
 
 def _setup_walk(
-    rule: AbstractRule, init: Any, x: Any, enabled: bool, cache: dict, choices: Any = None
+    rule: AbstractRule, init: Any, x: Any, enabled: bool, cache: dict, choices: Any,
+    inits: list[tuple[Leaf, Any, torch.Tensor]],
 ) -> Any:
-    """``choices`` (per-part rules): ``{id(x): (rule, init, frozen)}`` from ``parts.assign``."""
+    """The state tree, with every new ``Leaf``'s state still to make: ``(leaf, init,
+    parameter)`` appended to ``inits`` in walk order (see :func:`_init_leaves`).
+    ``choices`` (per-part rules): ``{id(x): (rule, init, frozen)}`` from ``parts.assign``."""
     k = T.kind(x)
     if k == T.TENSOR or k == T.NUMPY:
         if not enabled or not T.is_trainable(x, k):
@@ -135,20 +140,51 @@ def _setup_walk(
         hit = cache.get(id(x))
         if hit is not None:
             return hit[1]
-        with torch.no_grad():
-            if choices is None:
-                leaf = Leaf(rule, init(T.as_tensor(x, k)))
-            else:
-                r, ini, frozen = choices[id(x)]
-                leaf = Leaf(r, ini(T.as_tensor(x, k)), frozen)
+        if choices is None:
+            leaf, ini = Leaf(rule, None), init
+        else:
+            r, ini, frozen = choices[id(x)]
+            leaf = Leaf(r, None, frozen)
+        inits.append((leaf, ini, T.as_tensor(x, k)))
         cache[id(x)] = (x, leaf)  # keep x alive so its id stays unique
         return leaf
     if k == T.OTHER or not enabled:
         return ()
     subs = [
-        (key, _setup_walk(rule, init, c, en, cache, choices)) for key, c, en in T.children(x, k)
+        (key, _setup_walk(rule, init, c, en, cache, choices, inits))
+        for key, c, en in T.children(x, k)
     ]
     return T.mirror(x, k, subs)
+
+
+def _init_leaves(inits: list[tuple[Leaf, Any, torch.Tensor]]) -> None:
+    """Make the states of the leaves ``setup`` found: ``leaf.state = init(x)``.
+
+    Where ``init`` is a rule's own ``init``, the rule's leaves are made together with
+    ``rule.init_many`` (the same states; Adam makes every ``m`` before every ``v``, so
+    that each slot's tensors lie next to each other). Any other ``init`` (an old-style
+    optimiser's, which starts from its accumulated state) runs leaf by leaf.
+    """
+    batches: dict[int, tuple[AbstractRule, list[Leaf], list[torch.Tensor]]] = {}
+    with torch.no_grad():
+        for leaf, ini, x in inits:
+            r = leaf.rule
+            if getattr(ini, "__self__", None) is r and getattr(ini, "__func__", None) is type(
+                    r).init:
+                batch = batches.setdefault(id(r), (r, [], []))
+                batch[1].append(leaf)
+                batch[2].append(x)
+            else:
+                leaf.state = ini(x)
+        for r, leaves, xs in batches.values():
+            states = r.init_many(xs)
+            if len(states) != len(xs):
+                raise TypeError(
+                    f"{type(r).__name__}.init_many returned {len(states)} states for "
+                    f"{len(xs)} parameters; it must return one per parameter, in order"
+                )
+            for leaf, st in zip(leaves, states):
+                leaf.state = st
 
 
 # ============================================================================ update_
