@@ -259,6 +259,15 @@ def test_gradient_reads_equal_like_addresses_and_contiguity(meta: Any) -> None:
     sub = torch.ones(2).as_subclass(Sub)
     assert meta.gradient_reads([sub], (torch.Tensor, torch.nn.Parameter)) is None
     assert meta.gradient_reads([], (torch.Tensor,)) == (b"", [], True)
+    # the addresses: the list given third when it holds exactly them (no new ints)
+    types = (torch.Tensor, torch.nn.Parameter)
+    prev = [t.data_ptr() for t in ts]
+    assert meta.gradient_reads(ts, types, prev)[1] is prev
+    assert meta.gradient_reads(ts, types, prev) == got
+    for other in (prev[:-1], prev[::-1], [float(p) for p in prev], tuple(prev),
+                  prev[:-1] + [True], prev[:-1] + [1 << 70], None):
+        addrs = meta.gradient_reads(ts, types, other)[1]
+        assert addrs is not other and addrs == prev
 
 
 def test_slot_addresses_read_the_state_tensors(meta: Any) -> None:
@@ -609,3 +618,61 @@ def test_store_states_equals_setattr(meta: Any) -> None:
     with pytest.raises(ValueError, match="no"):
         meta.store_states(mixed, [1, 2, 3])
     assert mixed[0].state == 1 and mixed[2].state is None  # stopped there, as setattr
+
+
+def test_leaf_slots_read_and_written_directly_equal_getattr_and_setattr(meta: Any) -> None:
+    """Leaves whose rule, frozen and state are plain slots are read and written there;
+    anything getattr/setattr would decide otherwise takes their route, same answers."""
+    from fluxtrain.core.rules import Descent
+    from fluxtrain.optimisers.leaf import Leaf
+
+    r = Descent(0.1)
+
+    class Slotted(Leaf):  # the same slots, inherited: still plain
+        __slots__ = ()
+
+    class Watched(Leaf):  # attribute access of its own: getattr's route
+        __slots__ = ()
+
+        def __getattribute__(self, name: str) -> Any:
+            return object.__getattribute__(self, name)
+
+    for kind in (Leaf, Slotted, Watched):
+        leaves = [kind(r, torch.ones(1) * i) for i in range(4)]
+        assert meta.leaf_states(leaves, r) == [leaf.state for leaf in leaves]
+        assert meta.leaf_states(leaves, Descent(0.1)) is None  # equal is not the rule
+        leaves[2].frozen = 1  # not a bool: its truth decides, as in getattr's route
+        assert meta.leaf_states(leaves, r) is None
+        leaves[2].frozen = 0
+        assert [s.item() for s in meta.leaf_states(leaves, r)] == [0, 1, 2, 3]
+        new = [torch.zeros(1) for _ in leaves]
+        assert meta.store_states(leaves, new) is True
+        assert all(leaf.state is s for leaf, s in zip(leaves, new))
+    mixed = [Leaf(r, 1), Slotted(r, 2), Watched(r, 3)]
+    assert meta.leaf_states(mixed, r) == [1, 2, 3]
+    assert meta.store_states(mixed, [4, 5, 6]) is True and [x.state for x in mixed] == [4, 5, 6]
+    unset = Leaf.__new__(Leaf)  # no slot set: getattr raises, so no answer
+    assert meta.leaf_states([Leaf(r, 1), unset], r) is None
+    object.__setattr__(unset, "rule", r)
+    object.__setattr__(unset, "frozen", False)
+    assert meta.leaf_states([Leaf(r, 1), unset], r) is None  # still no state
+    assert meta.store_states([Leaf(r, 1), unset], [1, 2]) is True and unset.state == 2
+
+
+def test_releasing_an_old_state_that_changes_the_lists_is_no_crash(meta: Any) -> None:
+    from fluxtrain.core.rules import Descent
+    from fluxtrain.optimisers.leaf import Leaf
+
+    r = Descent(0.1)
+    leaves = [Leaf(r, None) for _ in range(6)]
+    states: list[Any] = []
+
+    class Shrinking:
+        def __del__(self) -> None:  # runs when store_states releases it
+            del leaves[3:]
+            del states[3:]
+
+    leaves[1].state = Shrinking()
+    states += [torch.ones(1) * i for i in range(6)]
+    assert meta.store_states(leaves, states) is True
+    assert len(leaves) == 3 and [leaf.state.item() for leaf in leaves] == [0, 1, 2]

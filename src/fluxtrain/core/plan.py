@@ -639,7 +639,9 @@ def _prepare_meta(lc: _Leaves, meta: Any, cls: type, rule: object, nstate: int,
     # parameter is a miss, which the full checks then refuse)
     # exactly Tensor or Parameter, each gradient's dtype, device and shape those of its
     # parameter, their addresses and whether all are contiguous: one pass
-    got = meta.gradient_reads(dxs if type(dxs) is list else list(dxs), _TENSOR_TYPES)
+    # (addresses equal to those found apart last step come back as that very list)
+    got = meta.gradient_reads(dxs if type(dxs) is list else list(dxs), _TENSOR_TYPES,
+                              lc.gapart)
     if got is None or got[0] != lc.xlike:
         return None  # another type, dtype, device or shape (or not readable)
     dptrs = got[1]
@@ -653,7 +655,7 @@ def _prepare_tail(lc: _Leaves, cls: type, rule: object, nstate: int, table: dict
     """The rest of :func:`_prepare_cached` once parameters, states and gradients passed."""
     n = lc.n
     ptrs = lc.ptrs
-    if dptrs == lc.gapart:
+    if dptrs is lc.gapart or dptrs == lc.gapart:
         pass  # the very addresses found apart from every parameter's last step
     elif ptrs.isdisjoint(dptrs):
         lc.gapart = dptrs
@@ -1063,7 +1065,7 @@ def _native(cls: type, rule: Any, ws: _Workspace, states: list[Any], xs: list[to
             return None
         nc: _NativeCache | None = known.nc
         seen = nc.seen if nc is not None else None
-        if seen is not None and seen[0] != known.gptr:
+        if seen is not None and seen[0] is not known.gptr and seen[0] != known.gptr:
             seen = None
         gptr: Any = seen[1] if seen is not None else None
         gsz = known.gsz

@@ -45,6 +45,7 @@
 // libraries), cached like the step kernel; a build that fails only means the Python
 // route.
 #include <Python.h>
+#include <structmember.h>
 
 #include <atomic>
 #include <cstdint>
@@ -344,9 +345,27 @@ PyObject* all_of(PyObject* list, Pred pred) {
   Py_RETURN_TRUE;
 }
 
+// Whether ``prev`` is an exact list of exact ints equal to ``ptrs``, item by item.
+bool same_ints(PyObject* prev, const std::vector<long long>& ptrs) {
+  if (prev == nullptr || !PyList_CheckExact(prev)
+      || PyList_GET_SIZE(prev) != static_cast<Py_ssize_t>(ptrs.size()))
+    return false;
+  for (size_t i = 0; i < ptrs.size(); i++) {
+    PyObject* v = PyList_GET_ITEM(prev, static_cast<Py_ssize_t>(i));
+    if (!PyLong_CheckExact(v)) return false;
+    int overflow = 0;
+    long long a = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (overflow != 0 || a != ptrs[i]) return false;  // (no error: an exact int)
+  }
+  return true;
+}
+
 // (like bytes, addresses list, all contiguous) of a list whose every element's type
-// is exactly one of ``types`` (a tuple of type objects), else None.
-PyObject* gradient_reads_(PyObject* list, PyObject* types) {
+// is exactly one of ``types`` (a tuple of type objects), else None. The addresses are
+// the list ``prev`` itself when it holds exactly these (the last step's, for the usual
+// step with the same gradient tensors: no new ints, and the caller's comparison with
+// it is an identity check).
+PyObject* gradient_reads_(PyObject* list, PyObject* types, PyObject* prev) {
   if (!PyList_Check(list) || !PyTuple_Check(types)) Py_RETURN_NONE;
   Py_ssize_t n = PyList_GET_SIZE(list), nt = PyTuple_GET_SIZE(types);
   std::vector<int64_t> w;
@@ -387,7 +406,7 @@ PyObject* gradient_reads_(PyObject* list, PyObject* types) {
   }
   PyObject* like = to_bytes(w);
   if (like == nullptr) return nullptr;
-  PyObject* addr = int_list(ptrs);
+  PyObject* addr = same_ints(prev, ptrs) ? Py_NewRef(prev) : int_list(ptrs);
   if (addr == nullptr) {
     Py_DECREF(like);
     return nullptr;
@@ -634,9 +653,9 @@ PyObject* gradient_check(PyObject*, PyObject* args) {
 }
 
 PyObject* gradient_reads(PyObject*, PyObject* args) {
-  PyObject *list, *types;
-  if (!PyArg_ParseTuple(args, "OO", &list, &types)) return nullptr;
-  GUARDED(return gradient_reads_(list, types);)
+  PyObject *list, *types, *prev = nullptr;
+  if (!PyArg_ParseTuple(args, "OO|O", &list, &types, &prev)) return nullptr;
+  GUARDED(return gradient_reads_(list, types, prev);)
 }
 PyObject* slot_addresses(PyObject*, PyObject* args) {
   PyObject* list;
@@ -652,11 +671,65 @@ PyObject* restate(PyObject*, PyObject* args) {
 
 // [leaf.state for leaf in leaves] if every leaf.rule is ``rule`` and no leaf.frozen is
 // true; None otherwise (or if an attribute cannot be read).
+// The byte offset of attribute ``name`` in instances of ``tp`` where it is a plain
+// __slots__ entry that getattr (set: setattr) reads (writes) there: a writable object
+// member descriptor on the type, found through its MRO, with the generic attribute
+// access. Else -1, and only getattr/setattr can say what the attribute is.
+Py_ssize_t slot_offset(PyTypeObject* tp, PyObject* name, bool set) {
+  if (set ? tp->tp_setattro != PyObject_GenericSetAttr
+          : tp->tp_getattro != PyObject_GenericGetAttr)
+    return -1;
+  PyObject* d = _PyType_Lookup(tp, name);  // borrowed; runs no Python code
+  if (d == nullptr || !Py_IS_TYPE(d, &PyMemberDescr_Type)) return -1;
+  PyMemberDef* m = reinterpret_cast<PyMemberDescrObject*>(d)->d_member;
+  if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return -1;
+  return m->offset;
+}
+
+PyObject*& slot_at(PyObject* o, Py_ssize_t offset) {
+  return *reinterpret_cast<PyObject**>(reinterpret_cast<char*>(o) + offset);
+}
+
+// leaf_states for leaves of one type whose rule, frozen and state are plain slots (a
+// Leaf): the slots read directly, as getattr would read them. nullptr with no error:
+// take the general route (another type, or a frozen flag that is not a bool).
+PyObject* leaf_states_slots(PyObject* list, PyObject* rule, Py_ssize_t n) {
+  PyTypeObject* tp = Py_TYPE(PyList_GET_ITEM(list, 0));
+  Py_ssize_t orule = slot_offset(tp, name_rule, false);
+  Py_ssize_t ofrozen = slot_offset(tp, name_frozen, false);
+  Py_ssize_t ostate = slot_offset(tp, name_state, false);
+  if (orule < 0 || ofrozen < 0 || ostate < 0) return nullptr;
+  for (Py_ssize_t i = 0; i < n; i++) {  // no Python code runs in here
+    PyObject* leaf = PyList_GET_ITEM(list, i);
+    PyObject* f = Py_TYPE(leaf) == tp ? slot_at(leaf, ofrozen) : nullptr;
+    if (f != Py_False && f != Py_True) return nullptr;  // (unset: getattr's error)
+    if (slot_at(leaf, orule) != rule || f == Py_True || slot_at(leaf, ostate) == nullptr)
+      Py_RETURN_NONE;
+  }
+  PyObject* out = new_list_of(n, list);  // (may run the collector: read the slots after)
+  if (out == nullptr) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
+  for (Py_ssize_t i = 0; i < n; i++) {
+    PyObject* leaf = PyList_GET_ITEM(list, i);
+    PyObject* st = Py_TYPE(leaf) == tp && slot_at(leaf, orule) == rule
+                   && slot_at(leaf, ofrozen) == Py_False ? slot_at(leaf, ostate) : nullptr;
+    if (st == nullptr) {  // changed by the collector's finalizers
+      Py_DECREF(out);
+      Py_RETURN_NONE;
+    }
+    PyList_SET_ITEM(out, i, Py_NewRef(st));
+  }
+  return out;
+}
+
 PyObject* leaf_states(PyObject*, PyObject* args) {
   PyObject *list, *rule;
   if (!PyArg_ParseTuple(args, "OO", &list, &rule)) return nullptr;
   if (!PyList_Check(list)) Py_RETURN_NONE;
   Py_ssize_t n = PyList_GET_SIZE(list);
+  if (n > 0) {
+    PyObject* got = leaf_states_slots(list, rule, n);
+    if (got != nullptr || PyErr_Occurred()) return got;
+  }
   PyObject* out = new_list_of(n, list);
   if (out == nullptr) return PyErr_Occurred() ? nullptr : Py_NewRef(Py_None);
   for (Py_ssize_t i = 0; i < n; i++) {
@@ -748,13 +821,26 @@ PyObject* store_states(PyObject*, PyObject* args) {
   if (!PyList_Check(leaves) || !PyList_Check(states)
       || PyList_GET_SIZE(leaves) != PyList_GET_SIZE(states))
     Py_RETURN_NONE;
+  // leaves of the first one's type with a plain state slot: written there, as setattr's
+  // member descriptor would (a new reference in, the old one released)
+  PyTypeObject* tp = PyList_GET_SIZE(leaves) ? Py_TYPE(PyList_GET_ITEM(leaves, 0)) : nullptr;
+  Py_ssize_t ostate = tp != nullptr ? slot_offset(tp, name_state, true) : -1;
   for (Py_ssize_t i = 0; i < PyList_GET_SIZE(leaves) && i < PyList_GET_SIZE(states); i++) {
     PyObject* leaf = PyList_GET_ITEM(leaves, i);
     PyObject* st = PyList_GET_ITEM(states, i);
-    Py_INCREF(leaf);  // (setting may run Python code: a Leaf subclass's property)
+    // (releasing the old state, or setting, may run Python code: a finalizer, a Leaf
+    // subclass's property; both held meanwhile, the lists re-read each time)
+    Py_INCREF(leaf);
     Py_INCREF(st);
-    int r = PyObject_SetAttr(leaf, name_state, st);
-    Py_DECREF(st);
+    int r = 0;
+    if (ostate >= 0 && Py_TYPE(leaf) == tp) {
+      PyObject* old = slot_at(leaf, ostate);
+      slot_at(leaf, ostate) = st;  // takes the reference held above
+      Py_XDECREF(old);
+    } else {
+      r = PyObject_SetAttr(leaf, name_state, st);
+      Py_DECREF(st);
+    }
     Py_DECREF(leaf);
     if (r < 0) return nullptr;
   }
@@ -787,7 +873,8 @@ PyMethodDef methods[] = {
     {"all_require_grad", all_require_grad, METH_O, "Whether every tensor requires grad."},
     {"any_requires_grad", any_requires_grad, METH_O, "Whether some tensor requires grad."},
     {"gradient_reads", gradient_reads, METH_VARARGS,
-     "(like bytes, addresses, all contiguous) of tensors of exactly the given types."},
+     "(like bytes, addresses, all contiguous) of tensors of exactly the given types "
+     "(addresses: the list given third if it holds exactly these)."},
     {"slot_addresses", slot_addresses, METH_VARARGS,
      "Data addresses of the states' tensors (one or two slots), as bytes."},
     {"restate", restate, METH_VARARGS, "New (m, v, beta_t) tuples of a NamedTuple type."},
