@@ -128,7 +128,8 @@ bool plain(PyObject* o) {
 // read(i) for every i in [0, n) on nt threads. False if any read answered false or
 // threw: the caller then reads the list on its own thread, as it would have. The
 // calling thread holds the GIL and runs no Python code meanwhile, so nothing the reads
-// touch changes; they only read memory (no reference counts, no Python calls).
+// touch changes; they only read memory (no reference counts, no Python calls; a
+// copy-on-write storage is materialised by data_ptr() as on the calling thread).
 template <typename Read>
 bool read_parallel(Py_ssize_t n, int nt, Read read) {
   std::atomic<bool> ok{true};
