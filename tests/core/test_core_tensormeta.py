@@ -676,3 +676,61 @@ def test_releasing_an_old_state_that_changes_the_lists_is_no_crash(meta: Any) ->
     states += [torch.ones(1) * i for i in range(6)]
     assert meta.store_states(leaves, states) is True
     assert len(leaves) == 3 and [leaf.state.item() for leaf in leaves] == [0, 1, 2]
+
+
+def python_entries_unchanged(dicts: list[Any], mods: list[Any]) -> bool:
+    """StepPlan.valid's container loops, as written in Python."""
+    from operator import is_
+
+    for d, keys, vals in dicts:
+        if len(d) != len(keys) or not all(map(is_, d.values(), vals)) or tuple(d) != keys:
+            return False
+    for m, pk, pv, mk, mv in mods:
+        p, s = m._parameters, m._modules
+        if (len(p) != len(pk) or len(s) != len(mk) or not all(map(is_, p.values(), pv))
+                or not all(map(is_, s.values(), mv)) or tuple(p) != pk or tuple(s) != mk):
+            return False
+    return True
+
+
+def test_entries_unchanged_equals_the_python_loops(meta: Any) -> None:
+    from collections import OrderedDict
+
+    a, b = torch.ones(1), torch.zeros(1)
+    net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+
+    def records() -> tuple[list[Any], list[Any]]:
+        d = {"a": a, "b": [b]}
+        mods = [(m, tuple(m._parameters), tuple(m._parameters.values()), tuple(m._modules),
+                 tuple(m._modules.values())) for m in net.modules()]
+        return [(d, tuple(d), tuple(d.values()))], mods
+
+    def changes() -> list[Any]:
+        return [
+            lambda ds, ms: None,  # nothing changed
+            lambda ds, ms: ds[0][0].__setitem__("a", torch.ones(1)),  # equal, not the same
+            lambda ds, ms: ds[0][0].__setitem__("c", a),  # added
+            lambda ds, ms: ds[0][0].pop("b"),  # removed
+            lambda ds, ms: ds[0][0].update({"a": ds[0][0].pop("a")}),  # same entries, reordered
+            lambda ds, ms: (ds[0][0].pop("a"), ds[0][0].__setitem__("z", a)),  # key renamed
+            lambda ds, ms: setattr(net[0], "weight", torch.nn.Parameter(torch.ones(2, 2))),
+            lambda ds, ms: net.append(torch.nn.Tanh()),  # a submodule added
+            lambda ds, ms: net[0].register_parameter("bias", None),  # a parameter set to None
+        ]
+
+    for i in range(len(changes())):
+        net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU())
+        ds, ms = records()
+        changes()[i](ds, ms)
+        want = python_entries_unchanged(ds, ms)
+        assert meta.entries_unchanged(ds, ms) is want, i
+        assert want is (i == 0)
+    ds, ms = records()
+    # where only the Python test can say: None (the caller then runs it)
+    assert meta.entries_unchanged([(OrderedDict(ds[0][0]),) + ds[0][1:]], []) is None
+    assert meta.entries_unchanged([({1: a}, (1.0,), (a,))], []) is None  # not str: == decides
+    assert meta.entries_unchanged([({1: a}, (1,), (a,))], []) is not None  # (1 is 1)
+    assert meta.entries_unchanged([ds[0][:2]], []) is None
+    assert meta.entries_unchanged(ds, [(object(), (), (), (), ())]) is None  # no _parameters
+    assert meta.entries_unchanged(tuple(ds), ms) is None
+    assert meta.entries_unchanged([], []) is True

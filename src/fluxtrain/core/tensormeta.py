@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("_native") / "tensormeta.cpp"
 #: must match FLUXTRAIN_TENSORMETA_ABI in tensormeta.cpp
-ABI = 5
+ABI = 6
 #: C++ standards tried in order (newer torch headers ask for C++17 at least)
 _STANDARDS = ("-std=c++17", "-std=c++20")
 _BUILD_TIMEOUT_S = 300
@@ -169,6 +169,18 @@ def _selfcheck(mod: ModuleType) -> str | None:
                 p.to_bytes(8, sys.byteorder, signed=True)
                 for p in addrs[:2] * k * 3 + addrs[2:] * k * 3)):
         return "tensormeta: reads of long lists differ from reads of short ones"
+
+    lin = torch.nn.Linear(1, 1)
+    d = {"w": a, "b": b}
+    rec = (d, tuple(d), tuple(d.values()))
+    mrec = (lin, tuple(lin._parameters), tuple(lin._parameters.values()), (), ())
+    if (mod.entries_unchanged([rec], [mrec]) is not True
+            or mod.entries_unchanged([(d, ("w", "c"), rec[2])], []) is not False
+            or mod.entries_unchanged([(d, rec[1], (a, c))], []) is not False
+            or mod.entries_unchanged([], [(lin, ("weight",), mrec[2][:1], (), ())]) is not False
+            or mod.entries_unchanged([(dict(d), rec[1], rec[2])], []) is not True
+            or mod.entries_unchanged([({1: a}, (1.0,), (a,))], []) is not None):
+        return "tensormeta: entries_unchanged differs from the dict comparisons"
 
     class Holder:
         __slots__ = ("state",)

@@ -59,7 +59,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/csrc/autograd/python_variable.h>
 
-#define FLUXTRAIN_TENSORMETA_ABI 5
+#define FLUXTRAIN_TENSORMETA_ABI 6
 
 namespace {
 
@@ -68,6 +68,8 @@ PyObject* name_readonly = nullptr;
 PyObject* name_rule = nullptr;
 PyObject* name_state = nullptr;
 PyObject* name_frozen = nullptr;
+PyObject* name_parameters = nullptr;
+PyObject* name_modules = nullptr;
 
 // getattr(o, name) -> new reference, nullptr (no such attribute, error cleared), or
 // nullptr with *failed set (the read raised something else; error cleared).
@@ -766,6 +768,73 @@ PyObject* leaf_states(PyObject*, PyObject* args) {
   return out;
 }
 
+// Whether ``d`` holds exactly the keys ``keys`` and the values ``vals`` (tuples), in
+// that order: 1 yes, 0 no, -1 cannot say here (not an exact dict, or keys that are not
+// the same object and not both exact str, whose == could run Python code). The Python
+// test it stands for: len(d) == len(keys) and all(map(is_, d.values(), vals)) and
+// tuple(d) == keys.
+int dict_is(PyObject* d, PyObject* keys, PyObject* vals) {
+  if (!PyDict_CheckExact(d) || !PyTuple_Check(keys) || !PyTuple_Check(vals)) return -1;
+  Py_ssize_t n = PyTuple_GET_SIZE(keys);
+  if (PyDict_GET_SIZE(d) != n) return 0;
+  Py_ssize_t pos = 0, i = 0;
+  PyObject *k, *v;
+  int verdict = 1;
+  while (PyDict_Next(d, &pos, &k, &v)) {  // (nothing below runs Python code)
+    if (i >= n) return 0;
+    if (i >= PyTuple_GET_SIZE(vals) || v != PyTuple_GET_ITEM(vals, i)) verdict = 0;
+    PyObject* want = PyTuple_GET_ITEM(keys, i);
+    if (k != want) {
+      if (!PyUnicode_CheckExact(k) || !PyUnicode_CheckExact(want)) return -1;
+      if (PyUnicode_Compare(k, want) != 0) verdict = 0;
+    }
+    i++;
+  }
+  return i == n ? verdict : 0;
+}
+
+// StepPlan.valid's container checks: every (dict, keys, values) of ``dicts`` holds them
+// (dict_is), and every (module, parameter keys, parameters, submodule keys,
+// submodules) of ``mods`` has them in its _parameters and _modules. True, False, or
+// None where only the Python test can say (an entry not of that form, a dict that is
+// not exactly a dict, keys that are not str, an attribute that cannot be read).
+PyObject* entries_unchanged(PyObject*, PyObject* args) {
+  PyObject *dicts, *mods;
+  if (!PyArg_ParseTuple(args, "OO", &dicts, &mods)) return nullptr;
+  if (!PyList_CheckExact(dicts) || !PyList_CheckExact(mods)) Py_RETURN_NONE;
+  bool same = true;
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(dicts) && same; i++) {
+    PyObject* e = PyList_GET_ITEM(dicts, i);
+    if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 3) Py_RETURN_NONE;
+    int r = dict_is(PyTuple_GET_ITEM(e, 0), PyTuple_GET_ITEM(e, 1), PyTuple_GET_ITEM(e, 2));
+    if (r < 0) Py_RETURN_NONE;
+    same = r == 1;
+  }
+  for (Py_ssize_t i = 0; i < PyList_GET_SIZE(mods) && same; i++) {
+    PyObject* e = PyList_GET_ITEM(mods, i);
+    if (!PyTuple_CheckExact(e) || PyTuple_GET_SIZE(e) != 5) Py_RETURN_NONE;
+    Py_INCREF(e);  // (the attribute reads may run Python code: a module's __getattr__)
+    PyObject* m = PyTuple_GET_ITEM(e, 0);
+    PyObject* p = PyObject_GetAttr(m, name_parameters);
+    PyObject* s = p != nullptr ? PyObject_GetAttr(m, name_modules) : nullptr;
+    int r = -1;
+    if (s != nullptr) {
+      r = dict_is(p, PyTuple_GET_ITEM(e, 1), PyTuple_GET_ITEM(e, 2));
+      if (r == 1) r = dict_is(s, PyTuple_GET_ITEM(e, 3), PyTuple_GET_ITEM(e, 4));
+    }
+    Py_XDECREF(p);
+    Py_XDECREF(s);
+    Py_DECREF(e);
+    if (r < 0) {
+      PyErr_Clear();
+      Py_RETURN_NONE;
+    }
+    same = r == 1;
+  }
+  if (same) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
 // The items of an exact list or tuple, in *items (false for anything else).
 bool items_of(PyObject* o, PyObject*** items) {
   if (PyList_CheckExact(o)) {
@@ -885,6 +954,8 @@ PyMethodDef methods[] = {
     {"leaf_states", leaf_states, METH_VARARGS,
      "The states of leaves that all hold one rule, unfrozen (else None)."},
     {"identical", identical, METH_VARARGS, "Whether two lists hold the same objects."},
+    {"entries_unchanged", entries_unchanged, METH_VARARGS,
+     "Whether recorded dicts and modules still hold the recorded entries (None: unsure)."},
     {"gradient_check", gradient_check, METH_VARARGS,
      "The native step's gradient overlap and back-to-back checks, and the address array."},
     {"grads_by_id", grads_by_id, METH_VARARGS,
@@ -907,6 +978,10 @@ PyMODINIT_FUNC PyInit_fluxtrain_tensormeta(void) {
   name_rule = PyUnicode_InternFromString("rule");
   name_state = PyUnicode_InternFromString("state");
   name_frozen = PyUnicode_InternFromString("frozen");
-  if (!name_readonly || !name_rule || !name_state || !name_frozen) return nullptr;
+  name_parameters = PyUnicode_InternFromString("_parameters");
+  name_modules = PyUnicode_InternFromString("_modules");
+  if (!name_readonly || !name_rule || !name_state || !name_frozen || !name_parameters
+      || !name_modules)
+    return nullptr;
   return PyModule_Create(&module);
 }
