@@ -398,3 +398,65 @@ def test_a_parameter_whose_data_turns_integer_is_refused_as_before() -> None:
     with pytest.raises(ValueError, match="the model has a torch.int64 tensor"):
         O.update_(st, m, [torch.full((4,), 0.5), None])
     assert equal(before, snap((m, st)))
+
+
+def test_the_cpp_walk_fills_what_the_python_walk_fills(tensor_reads: str) -> None:
+    """tensormeta.plan_walk against stepplan._walk on the same compiled trees: the same
+    answer and the same positions filled, or None (then the Python walk decides)."""
+    from collections import OrderedDict, namedtuple
+
+    from fluxtrain.core import tensormeta
+
+    if tensor_reads == "python-reads":
+        pytest.skip("compares the C++ walk with the Python one")
+    meta = tensormeta.module()
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = nn.Linear(2, 2)
+            self.b = nn.Sequential(nn.Linear(2, 1), nn.ReLU())
+            self.frozen = nn.Linear(1, 1).requires_grad_(False)
+
+    net = Net()
+    pair = namedtuple("pair", "x y")
+    x1, x2, x3 = torch.zeros(2), torch.zeros(3), torch.zeros(1)
+    cases: list[tuple[Any, list[Any]]] = [
+        (net, [F.gradient(lambda m: m.b(m.a(torch.ones(2))).sum(), net)[0],
+               {"a": None, "b": None, "frozen": None},  # a plain dict for a Module
+               {"a": {"weight": torch.ones(2, 2), "bias": None}, "b": None, "frozen": None},
+               {"a": None, "b": None},  # an entry missing
+               {"a": None, "b": None, "frozen": None, "c": None},  # one too many
+               OrderedDict(a=None, b=None, frozen=None),  # another Mapping: Python's get
+               [None, None, None]]),  # not a mapping
+        ({"w": x1, "v": [x2, (x3,)]},
+         [{"w": torch.ones(2), "v": [torch.ones(3), (torch.ones(1),)]},
+          {"w": None, "v": None}, {"w": torch.ones(2), "v": [None, None]},
+          {"w": torch.ones(2), "v": [torch.ones(3)]},  # a list too short
+          {"w": torch.ones(2), "v": pair(torch.ones(3), None)},  # a namedtuple, not a list
+          {"w": torch.ones(2), "v": (torch.ones(3), (torch.ones(1),))},  # a tuple for a list
+          {1: None, "v": None}]),  # other keys
+        ([x1, x2, x3], [[torch.ones(2), None, torch.ones(1)], (None,) * 3, [None] * 2,
+                        torch.ones(3)]),
+    ]
+    seen = 0
+    for model, grad_trees in cases:
+        state = O.setup(O.Descent(0.1), model)
+        plan = stepplan.build(state, model)
+        assert plan is not None and plan.root is not None
+        for g in grad_trees:
+            py: list[Any] = [None] * plan.npos
+            want = stepplan._walk(plan.root, g, py)
+            got_out: list[Any] = [None] * plan.npos
+            got = meta.plan_walk(plan.root, g, got_out, stepplan.StateTree)
+            if got is None:
+                continue  # the Python walk decides (gather runs it from scratch)
+            seen += 1
+            assert got is want
+            gathered = plan.gather(g, False)
+            if want:
+                assert all(a is b for a, b in zip(got_out, py))
+                assert gathered is not None and all(a is b for a, b in zip(gathered, py))
+            else:
+                assert gathered is None
+    assert seen >= 12  # most cases are decided in C++

@@ -15,7 +15,8 @@ The next ``update_`` on the same pair then
    all make the plan stale; ``.data`` reassignment and ``adjust_``/``freeze_``/
    ``thaw_`` (which change ``Leaf`` objects in place) are read live each step;
 2. flattens the gradient with a walk specialised to the recorded structure
-   (:meth:`StepPlan.gather`), accepting only the plain cases: tensors of the
+   (:meth:`StepPlan.gather`; in C++ once ``fluxtrain.core.tensormeta`` is built, as are
+   the identity checks of step 1), accepting only the plain cases: tensors of the
    parameter's shape and device, containers of the model's kinds, ``None``
    for skipped parts, and flat ``named_parameters`` mappings.
 
@@ -76,7 +77,7 @@ _shape = attrgetter("shape")
 _device = attrgetter("device")
 _state_of = attrgetter("state")
 
-# node kinds of the compiled tree
+# node kinds of the compiled tree (tensormeta.plan_walk reads them as these numbers)
 _LEAF, _NOGRAD, _IGNORE, _SEQ, _DICT, _MOD = range(6)
 
 
@@ -146,9 +147,13 @@ class StepPlan:
                 elif g is not None:
                     return None
             return out
-        if not _walk(self.root, grads, out):
-            return None
-        return out
+        meta = tensormeta.module()
+        walked = (meta.plan_walk(self.root, grads, out, StateTree) if meta is not None
+                  else None)
+        if walked is None:  # only the Python walk can say (or no C++ reads): from scratch
+            out = [_UNSEEN if self.tied else None] * self.npos
+            walked = _walk(self.root, grads, out)
+        return out if walked else None
 
     def collect(self, grads: Any, flat: bool) -> dict[int, list[Any]] | None:
         """``_Step.entries`` as the general walk would build them, or ``None``."""

@@ -835,6 +835,107 @@ PyObject* entries_unchanged(PyObject*, PyObject* args) {
   Py_RETURN_FALSE;
 }
 
+// ------------------------------------------------------------------ the plan's walk
+// fluxtrain.optimisers.stepplan's compiled nodes: (LEAF, position), (NOGRAD,), (IGNORE,),
+// (SEQ, kids, run or None), (DICT, keys, kids), (MOD, keys, kids); the kinds are
+// stepplan's _LEAF ... _MOD (range(6)).
+enum { NODE_LEAF = 0, NODE_NOGRAD = 1, NODE_IGNORE = 2, NODE_SEQ = 3, NODE_DICT = 4, NODE_MOD = 5 };
+
+PyObject* name_children = nullptr;
+
+// out[p] = g (a new reference in; the old item is None or stepplan's _UNSEEN marker).
+bool put_at(PyObject* out, PyObject* pos, PyObject* g) {
+  Py_ssize_t p = PyLong_AsSsize_t(pos);
+  if (p < 0 || p >= PyList_GET_SIZE(out)) {
+    PyErr_Clear();
+    return false;
+  }
+  Py_INCREF(g);
+  PyList_SetItem(out, p, g);  // (steals g; releases the marker, which stays alive)
+  return true;
+}
+
+// stepplan._walk(node, g, out): 1 True, 0 False, -1 only the Python walk can say (a
+// mapping that is not exactly a dict or a StateTree, keys that are not str or int, a
+// node not of stepplan's form). Every object read here is held while it is used.
+int walk(PyObject* node, PyObject* g, PyObject* out, PyObject* tree_type, int depth) {
+  if (depth > 200 || !PyTuple_CheckExact(node) || PyTuple_GET_SIZE(node) < 1) return -1;
+  long kind = PyLong_AsLong(PyTuple_GET_ITEM(node, 0));
+  if (kind == NODE_LEAF)
+    return PyTuple_GET_SIZE(node) == 2 && put_at(out, PyTuple_GET_ITEM(node, 1), g) ? 1 : -1;
+  if (kind == NODE_IGNORE || g == Py_None) return 1;
+  if (kind == NODE_NOGRAD) return 0;
+  if (kind == NODE_SEQ) {
+    if (PyTuple_GET_SIZE(node) != 3 || !PyList_CheckExact(PyTuple_GET_ITEM(node, 1))) return -1;
+    PyObject* kids = PyTuple_GET_ITEM(node, 1);
+    if (!PyList_CheckExact(g) && !PyTuple_CheckExact(g)) return 0;
+    Py_ssize_t n = PyList_GET_SIZE(kids);
+    if (Py_SIZE(g) != n) return 0;
+    PyObject** items = PyList_CheckExact(g) ? reinterpret_cast<PyListObject*>(g)->ob_item
+                                            : reinterpret_cast<PyTupleObject*>(g)->ob_item;
+    // (a run of leaves is the same as its leaves one by one)
+    std::vector<PyObject*> held(items, items + n);
+    for (PyObject* o : held) Py_INCREF(o);
+    int r = 1;
+    for (Py_ssize_t i = 0; i < n && r == 1; i++)
+      r = walk(PyList_GET_ITEM(kids, i), held[static_cast<size_t>(i)], out, tree_type, depth + 1);
+    for (PyObject* o : held) Py_DECREF(o);
+    return r;
+  }
+  if (kind != NODE_DICT && kind != NODE_MOD) return -1;
+  if (PyTuple_GET_SIZE(node) != 3 || !PyTuple_CheckExact(PyTuple_GET_ITEM(node, 1))
+      || !PyList_CheckExact(PyTuple_GET_ITEM(node, 2)))
+    return -1;
+  PyObject* keys = PyTuple_GET_ITEM(node, 1);
+  PyObject* kids = PyTuple_GET_ITEM(node, 2);
+  PyObject* d;
+  if (reinterpret_cast<PyObject*>(Py_TYPE(g)) == tree_type) {
+    d = PyObject_GetAttr(g, name_children);
+    if (d == nullptr) {
+      PyErr_Clear();
+      return -1;
+    }
+  } else if (PyDict_CheckExact(g)) {
+    d = Py_NewRef(g);
+  } else {
+    return -1;  // another Mapping (its get() decides) or no mapping at all: Python says
+  }
+  int r = 1;
+  if (!PyDict_CheckExact(d) || PyList_GET_SIZE(kids) != PyTuple_GET_SIZE(keys)) r = -1;
+  else if (PyDict_GET_SIZE(d) != PyTuple_GET_SIZE(keys)) r = 0;
+  for (Py_ssize_t i = 0; r == 1 && i < PyTuple_GET_SIZE(keys); i++) {
+    PyObject* key = PyTuple_GET_ITEM(keys, i);
+    // (str and int keys: their hash and == run no Python code)
+    if (!PyUnicode_CheckExact(key) && !PyLong_CheckExact(key)) {
+      r = -1;
+      break;
+    }
+    PyObject* sub = PyDict_GetItemWithError(d, key);
+    if (sub == nullptr) {
+      r = PyErr_Occurred() ? -1 : 0;
+      PyErr_Clear();
+      break;
+    }
+    Py_INCREF(sub);
+    r = walk(PyList_GET_ITEM(kids, i), sub, out, tree_type, depth + 1);
+    Py_DECREF(sub);
+  }
+  Py_DECREF(d);
+  return r;
+}
+
+// walk(root, grads, out, StateTree): True/False as stepplan._walk answers (out filled
+// as it fills it), None where only the Python walk can say (out then partly filled).
+PyObject* plan_walk(PyObject*, PyObject* args) {
+  PyObject *root, *g, *out, *tree_type;
+  if (!PyArg_ParseTuple(args, "OOOO", &root, &g, &out, &tree_type)) return nullptr;
+  if (!PyList_CheckExact(out) || !PyType_Check(tree_type)) Py_RETURN_NONE;
+  int r = walk(root, g, out, tree_type, 0);
+  if (r < 0) Py_RETURN_NONE;
+  if (r) Py_RETURN_TRUE;
+  Py_RETURN_FALSE;
+}
+
 // The items of an exact list or tuple, in *items (false for anything else).
 bool items_of(PyObject* o, PyObject*** items) {
   if (PyList_CheckExact(o)) {
@@ -954,6 +1055,8 @@ PyMethodDef methods[] = {
     {"leaf_states", leaf_states, METH_VARARGS,
      "The states of leaves that all hold one rule, unfrozen (else None)."},
     {"identical", identical, METH_VARARGS, "Whether two lists hold the same objects."},
+    {"plan_walk", plan_walk, METH_VARARGS,
+     "stepplan._walk over the compiled nodes (None: only the Python walk can say)."},
     {"entries_unchanged", entries_unchanged, METH_VARARGS,
      "Whether recorded dicts and modules still hold the recorded entries (None: unsure)."},
     {"gradient_check", gradient_check, METH_VARARGS,
@@ -980,8 +1083,9 @@ PyMODINIT_FUNC PyInit_fluxtrain_tensormeta(void) {
   name_frozen = PyUnicode_InternFromString("frozen");
   name_parameters = PyUnicode_InternFromString("_parameters");
   name_modules = PyUnicode_InternFromString("_modules");
+  name_children = PyUnicode_InternFromString("_children");
   if (!name_readonly || !name_rule || !name_state || !name_frozen || !name_parameters
-      || !name_modules)
+      || !name_modules || !name_children)
     return nullptr;
   return PyModule_Create(&module);
 }
