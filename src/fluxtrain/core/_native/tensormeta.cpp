@@ -873,7 +873,22 @@ int walk(PyObject* node, PyObject* g, PyObject* out, PyObject* tree_type, int de
     if (Py_SIZE(g) != n) return 0;
     PyObject** items = PyList_CheckExact(g) ? reinterpret_cast<PyListObject*>(g)->ob_item
                                             : reinterpret_cast<PyTupleObject*>(g)->ob_item;
-    // (a run of leaves is the same as its leaves one by one)
+    PyObject* run = PyTuple_GET_ITEM(node, 2);
+    if (PyTuple_CheckExact(run) && PyTuple_GET_SIZE(run) == 2) {
+      // every child a leaf, at positions run[0], run[0] + 1, ...: out[a:b] = g
+      Py_ssize_t a = PyLong_AsSsize_t(PyTuple_GET_ITEM(run, 0));
+      if (a < 0 || a + n > PyList_GET_SIZE(out)) {
+        PyErr_Clear();
+        return -1;
+      }
+      PyObject** dst = reinterpret_cast<PyListObject*>(out)->ob_item + a;
+      for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject* old = dst[i];  // None or the marker: releasing it runs no code
+        dst[i] = Py_NewRef(items[i]);
+        Py_XDECREF(old);
+      }
+      return 1;
+    }
     std::vector<PyObject*> held(items, items + n);
     for (PyObject* o : held) Py_INCREF(o);
     int r = 1;
