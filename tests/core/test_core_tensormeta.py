@@ -734,3 +734,12 @@ def test_entries_unchanged_equals_the_python_loops(meta: Any) -> None:
     assert meta.entries_unchanged(ds, [(object(), (), (), (), ())]) is None  # no _parameters
     assert meta.entries_unchanged(tuple(ds), ms) is None
     assert meta.entries_unchanged([], []) is True
+
+
+def test_the_self_check_draws_no_random_numbers(meta: Any) -> None:
+    """The check runs when a training step first loads the extension: drawing from torch's
+    generator there would change every random number the script draws afterwards (its
+    dropout masks, its shuffles), so that an old-style and a migrated run differ."""
+    before = torch.random.get_rng_state()
+    assert tensormeta._selfcheck(meta) is None
+    assert torch.equal(torch.random.get_rng_state(), before)

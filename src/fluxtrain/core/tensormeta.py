@@ -170,7 +170,11 @@ def _selfcheck(mod: ModuleType) -> str | None:
                 for p in addrs[:2] * k * 3 + addrs[2:] * k * 3)):
         return "tensormeta: reads of long lists differ from reads of short ones"
 
-    lin = torch.nn.Linear(1, 1)
+    # (a module built without initialisers: the check must draw no random numbers, or a
+    # training script whose steps load this module would draw different ones afterwards)
+    lin = torch.nn.Module()
+    lin.register_parameter("weight", torch.nn.Parameter(torch.zeros(1)))
+    lin.register_parameter("bias", torch.nn.Parameter(torch.zeros(1)))
     d = {"w": a, "b": b}
     rec = (d, tuple(d), tuple(d.values()))
     mrec = (lin, tuple(lin._parameters), tuple(lin._parameters.values()), (), ())
