@@ -112,10 +112,16 @@ class StepPlan:
             if not tensormeta.identical(c, exp):
                 return False
         meta = tensormeta.module()
+        # one C++ pass where it can say (601 modules: 1.2 ms -> 150 us), else the loops
         same = meta.entries_unchanged(self.dicts, self.mods) if meta is not None else None
-        if same is not None:  # the loops below in one C++ pass (601 modules: 1.2 ms -> 150 us)
-            return (same and tensormeta.all_float_or_complex(self.params)
-                    and tensormeta.all_require_grad(self.trained))
+        if same is None:
+            same = self._entries_unchanged()
+        return (same and tensormeta.all_float_or_complex(self.params)
+                and tensormeta.all_require_grad(self.trained))
+
+    def _entries_unchanged(self) -> bool:
+        """Every recorded dict, and every module's ``_parameters``/``_modules``, holds the
+        recorded keys (in order) and values (by identity)."""
         for d, keys, vals in self.dicts:
             if len(d) != len(keys) or not all(map(is_, d.values(), vals)) or tuple(d) != keys:
                 return False
@@ -127,8 +133,7 @@ class StepPlan:
                 or tuple(p) != pk or tuple(s) != mk
             ):
                 return False
-        return (tensormeta.all_float_or_complex(self.params)
-                and tensormeta.all_require_grad(self.trained))
+        return True
 
     # ------------------------------------------------------------------ gradients
     def gather(self, grads: Any, flat: bool) -> list[Any] | None:

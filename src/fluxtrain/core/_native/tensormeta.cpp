@@ -26,7 +26,9 @@
 // rule, unfrozen; identical compares two lists' elements by identity (touching no
 // element: no reference count changes); restate builds the next step's Adam state
 // tuples (new tuples of the given NamedTuple type; nothing else is changed);
-// grads_by_id and values_if_keys read the implicit step's gradients and states.
+// grads_by_id and values_if_keys read the implicit step's gradients and states;
+// entries_unchanged and plan_walk are the explicit plan's structure check and gradient
+// walk (fluxtrain.optimisers.stepplan), for the plain containers only.
 //
 // Long lists (parallel_threshold(), 512 items) are read on the process's OpenMP threads
 // (torch's own pool) when built with -fopenmp by addresses, the all_* reads,
@@ -70,6 +72,7 @@ PyObject* name_state = nullptr;
 PyObject* name_frozen = nullptr;
 PyObject* name_parameters = nullptr;
 PyObject* name_modules = nullptr;
+PyObject* name_children = nullptr;
 
 // getattr(o, name) -> new reference, nullptr (no such attribute, error cleared), or
 // nullptr with *failed set (the read raised something else; error cleared).
@@ -675,8 +678,6 @@ PyObject* restate(PyObject*, PyObject* args) {
   return restate_(cls, list, was, beta_t);
 }
 
-// [leaf.state for leaf in leaves] if every leaf.rule is ``rule`` and no leaf.frozen is
-// true; None otherwise (or if an attribute cannot be read).
 // The byte offset of attribute ``name`` in instances of ``tp`` where it is a plain
 // __slots__ entry that getattr (set: setattr) reads (writes) there: a writable object
 // member descriptor on the type, found through its MRO, with the generic attribute
@@ -727,6 +728,8 @@ PyObject* leaf_states_slots(PyObject* list, PyObject* rule, Py_ssize_t n) {
   return out;
 }
 
+// [leaf.state for leaf in leaves] if every leaf.rule is ``rule`` and no leaf.frozen is
+// true; None otherwise (or if an attribute cannot be read).
 PyObject* leaf_states(PyObject*, PyObject* args) {
   PyObject *list, *rule;
   if (!PyArg_ParseTuple(args, "OO", &list, &rule)) return nullptr;
@@ -840,8 +843,6 @@ PyObject* entries_unchanged(PyObject*, PyObject* args) {
 // (SEQ, kids, run or None), (DICT, keys, kids), (MOD, keys, kids); the kinds are
 // stepplan's _LEAF ... _MOD (range(6)).
 enum { NODE_LEAF = 0, NODE_NOGRAD = 1, NODE_IGNORE = 2, NODE_SEQ = 3, NODE_DICT = 4, NODE_MOD = 5 };
-
-PyObject* name_children = nullptr;
 
 // out[p] = g (a new reference in; the old item is None or stepplan's _UNSEEN marker).
 bool put_at(PyObject* out, PyObject* pos, PyObject* g) {
