@@ -72,14 +72,22 @@ _NSCRATCH = {R.Descent: 1, R.Momentum: 1, R.Adam: 2}
 
 
 def trusted(rule: object) -> bool:
-    """Whether ``rule`` is a plain built-in Descent/Momentum/Adam (nothing patched)."""
+    """Whether ``rule`` is a plain built-in Descent/Momentum/Adam (nothing patched).
+
+    Decided per instance: a rule with a schedule in a field (whose instance
+    ``apply``/``apply_many`` shadow the class's, see :mod:`fluxtrain.core.schedules`)
+    or with methods assigned on the instance is not plain, and goes the general way.
+    """
     cls = type(rule)
     orig = _ORIGINAL.get(cls)
-    return (
-        orig is not None
-        and cls.__dict__.get("apply") is orig[0]
-        and cls.__dict__.get("apply_many") is orig[1]
-    )
+    if (
+        orig is None
+        or cls.__dict__.get("apply") is not orig[0]
+        or cls.__dict__.get("apply_many") is not orig[1]
+    ):
+        return False
+    own = getattr(rule, "__dict__", None)
+    return own is None or ("apply" not in own and "apply_many" not in own)
 
 
 # ----------------------------------------------------------------------- workspace

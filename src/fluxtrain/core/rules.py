@@ -485,8 +485,8 @@ class Adam(AbstractRule):
         ``benchmarks/layout.py``). The values are ``init``'s; a subclass with its own
         ``init`` gets that one, leaf by leaf.
         """
-        if type(self).init is not Adam.init:
-            return super().init_many(xs)
+        if type(self).init is not Adam.init or "init" in vars(self):
+            return super().init_many(xs)  # (an instance init: a scheduled rule's)
         for x in xs:
             check_param(self, x)
         ms = [torch.zeros_like(x) for x in xs]
