@@ -177,7 +177,8 @@ def test_every_rule_class_is_covered() -> None:
     have = {type(r) for r in BASES.values()}
     for name in R.__all__:
         cls = getattr(R, name)
-        if (isinstance(cls, type) and issubclass(cls, R.AbstractRule) and dataclasses.is_dataclass(cls)
+        if (isinstance(cls, type) and issubclass(cls, R.AbstractRule)
+                and dataclasses.is_dataclass(cls)
                 and cls not in (R.MixedPrecision, R.AccumGrad)):
             assert cls in have, name
 
