@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from fluxtrain import explicit, gradients
-from fluxtrain.core.base import AbstractRule
+from fluxtrain.core.base import AbstractRule, maywrite
 from fluxtrain.errors import external_stacklevel, warn_deprecated_external
 from fluxtrain.implicit.gradient import gradient_implicit, withgradient_implicit
 from fluxtrain.implicit.params import Grads, Params
@@ -128,13 +128,18 @@ def _check_train_args(loss: Any, data: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- update_
-def update_(opt: Any, model: Any, grads: Any) -> Any:
+_MISSING: Any = object()
+
+
+def update_(opt: Any, model: Any, grads: Any = _MISSING) -> Any:
     """One optimisation step in place (Flux's ``update!``), in either style.
 
     Explicit: ``update_(opt_state, model, grad)`` -> ``(opt_state, model)``.
     Implicit (deprecated): ``update_(opt, ps, gs)`` with an old optimiser,
     ``Params`` and ``Grads`` (returns ``ps``), or ``update_(opt, x, g)`` for
-    one tensor (returns ``x``).
+    one tensor (returns ``x``). Deprecated two-argument form (Flux's
+    ``update!(x, x̄)``): ``update_(x, dx)`` does ``x -= dx`` in place on one
+    tensor or numpy array and returns ``x``.
 
     >>> import warnings, torch, fluxtrain
     >>> warnings.simplefilter("ignore")
@@ -142,7 +147,12 @@ def update_(opt: Any, model: Any, grads: Any) -> Any:
     >>> _ = fluxtrain.update_(fluxtrain.Descent(0.5), x, torch.tensor([1.0], dtype=torch.float64))
     >>> x.tolist()
     [0.5]
+    >>> _ = fluxtrain.update_(x, torch.tensor([0.25], dtype=torch.float64))  # x -= dx
+    >>> x.tolist()
+    [0.25]
     """
+    if grads is _MISSING:
+        return _subtract_deprecated(opt, model)
     if isinstance(opt, AbstractOptimiser):
         if isinstance(model, Params):
             if type(grads) is not Grads and _is_explicit_grads(grads):
@@ -213,6 +223,96 @@ def update_(opt: Any, model: Any, grads: Any) -> Any:
         )
         grads = grads[0]
     return explicit.update_explicit(opt, model, grads)
+
+
+_UPDATE_2 = (
+    "update_(x, dx) with two arguments is deprecated (Flux 0.13 removed update!(x, x̄), "
+    "which was not used internally): write `x -= dx` instead, inside `with torch.no_grad():` "
+    "when x is a Parameter. " + _MIGRATE
+)
+
+
+def _subtract_deprecated(x: Any, dx: Any) -> Any:
+    """The deprecated ``update_(x, dx)``: warn, then ``x -= dx`` in place; returns ``x``.
+
+    ``x`` is one tensor (an ``nn.Parameter`` too) or numpy array; ``dx`` a tensor,
+    array or number that broadcasts to ``x``'s shape. Everything is checked before
+    ``x`` changes.
+    """
+    if not isinstance(x, torch.Tensor) and not _is_ndarray(x):
+        if isinstance(x, (AbstractOptimiser, AbstractRule)) or type(x).__name__ == "StateTree" \
+                or isinstance(x, (dict, tuple, list)) and isinstance(dx, torch.nn.Module):
+            raise TypeError(
+                f"update_ was given 2 arguments ({type(x).__name__}, {type(dx).__name__}); it "
+                "takes 3: update_(opt_state, model, grad) (explicit) or update_(opt, ps, gs) "
+                "(implicit). The two-argument update_(x, dx) only subtracts dx from one tensor"
+            )
+        what = "Params" if isinstance(x, Params) else type(x).__name__
+        raise TypeError(
+            f"update_(x, dx) with two arguments (deprecated) subtracts dx from ONE tensor or "
+            f"numpy array x in place; got x = {what}. For many parameters write "
+            "`for p in ps: p -= gs[p]` under torch.no_grad(), or use "
+            "update_(fluxtrain.Descent(1.0), ps, gs); for a model use the explicit "
+            "update_(opt_state, model, grad)"
+        )
+    if isinstance(dx, (Params, Grads)) or isinstance(dx, torch.nn.Module):
+        raise TypeError(
+            f"update_(x, dx): dx must be a tensor, numpy array or number (what is subtracted "
+            f"from x), got {type(dx).__name__}"
+        )
+    warn_deprecated_external(_UPDATE_2, key="update_(x, dx)")
+    t: torch.Tensor
+    if isinstance(x, torch.Tensor):
+        t = x
+    else:
+        if not x.flags.writeable:
+            raise ValueError(
+                "update_(x, dx): x is a read-only numpy array (writeable=False) and cannot be "
+                "changed in place; compute x - dx instead"
+            )
+        try:
+            t = torch.from_numpy(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"update_(x, dx): this numpy array x cannot be updated: {e}") from None
+    if not maywrite(t) or torch._debug_has_internal_overlap(t) == 1:
+        raise ValueError(
+            f"update_(x, dx): x (shape {tuple(t.shape)}) cannot be written in place (a "
+            "read-only, inference-mode or expanded tensor); compute x - dx instead"
+        )
+    try:
+        if isinstance(dx, torch.Tensor):
+            d = dx.detach()
+        elif _is_ndarray(dx):
+            d = torch.from_numpy(dx) if dx.flags.writeable else torch.as_tensor(dx.copy())
+        else:
+            d = torch.as_tensor(dx)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise TypeError(
+            f"update_(x, dx): dx must be a tensor, numpy array or number, got "
+            f"{type(dx).__name__} ({e})"
+        ) from None
+    if d.dim() > 0 and d.device != t.device:
+        raise ValueError(
+            f"update_(x, dx): x is on {t.device} but dx on {d.device}; move dx first "
+            f"(dx.to(x.device))"
+        )
+    try:
+        shape = torch.broadcast_shapes(t.shape, d.shape)
+    except RuntimeError:
+        shape = None
+    if shape != t.shape:
+        raise ValueError(
+            f"update_(x, dx): dx of shape {tuple(d.shape)} cannot be subtracted from x of "
+            f"shape {tuple(t.shape)} (it must have x's shape or broadcast to it)"
+        )
+    if not torch.can_cast(torch.result_type(t, d), t.dtype):
+        raise TypeError(
+            f"update_(x, dx): x -= dx would turn x of dtype {t.dtype} into "
+            f"{torch.result_type(t, d)}; convert x or dx first"
+        )
+    with torch.no_grad():
+        t.sub_(d)
+    return x
 
 
 def _looks_like_model_grad(g: object, model: object) -> bool:

@@ -27,6 +27,7 @@ from fluxtrain.implicit.params import Grads, Params
 from fluxtrain.optimise.optimisers import (
     AbstractOptimiser,
     fast_states,
+    is_custom,
     state_keys,
     step_fused_,
     step_many_,
@@ -136,6 +137,8 @@ def update_implicit(
     >>> x.tolist()
     [0.9, 1.9]
     """
+    if not copy and is_custom(opt):
+        copy = True  # a user's apply_ may overwrite dx in place (Flux's apply! did)
     if isinstance(ps_or_x, Params):
         ps = ps_or_x
         if type(gs_or_g) is Grads and gs_or_g.params is ps and _fast_update(opt, ps, gs_or_g):

@@ -26,7 +26,7 @@ under Flux's field names ``velocity``, ``acc``, ``current``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import repeat
 from operator import is_
 from typing import Any, ClassVar
@@ -89,6 +89,48 @@ def _new(name: str) -> Any:
         ) from None
 
 
+class _StateField:
+    """The per-parameter state under a Flux field name (``state``, ``velocity``, ``acc``,
+    ``current``).
+
+    Reading gives fluxtrain's state dictionary. A user's own optimiser (one that
+    overrides ``apply_``) may assign the field, as Flux users gave their structs an
+    ``IdDict`` field of that name: the value is then its own attribute. On a built-in
+    optimiser, assigning an empty dict (``opt.state = {}``, Flux's ``IdDict()``)
+    forgets every parameter's state; anything else is refused.
+    """
+
+    def __init__(self, name: str, doc: str) -> None:
+        self.name = name
+        self.__doc__ = doc
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        d = obj.__dict__
+        if self.name in d:
+            return d[self.name]
+        return obj._states
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        if _is_custom(obj):
+            obj.__dict__[self.name] = value
+            return
+        if isinstance(value, Mapping) and len(value) == 0:
+            object.__setattr__(obj, "_states", WeakIdKeyDictionary())
+            obj.__dict__.pop("_ps_plan", None)
+            return
+        raise AttributeError(
+            f"{type(obj).__name__}.{self.name} is the optimiser's per-parameter state: it can "
+            f"be reset with opt.{self.name} = {{}} but not replaced by a "
+            f"{type(value).__name__}; a subclass with its own apply_ may keep any "
+            f"{self.name} it likes"
+        )
+
+
 class AbstractOptimiser:
     """Base class of the old (implicit-style) optimisers of ``fluxtrain.optimise``.
 
@@ -99,27 +141,53 @@ class AbstractOptimiser:
     * ``__fluxtrain_translate__()`` -> the new-style rule with the same arithmetic;
     * ``__fluxtrain_state__(x)`` -> a copy of the accumulated state for
       parameter ``x`` in that rule's layout, or ``None``;
-    * ``apply(x, dx)`` -> the step for ``x`` (Flux's ``apply!``; updates state).
+    * ``apply_(x, dx)`` (also spelled ``apply``) -> the step for ``x``
+      (Flux's ``apply!``; advances the state).
 
-    A user-defined old optimiser may instead override only ``apply`` (as
-    Flux 0.13 users defined ``apply!``); it then works with implicit
-    ``update_``/``train_`` but cannot be translated by ``setup``.
+    **A user-defined old optimiser** (as Flux 0.13 users wrote them, after
+    Flux's own) subclasses this class, sets its own fields in its own
+    ``__init__`` (calling ``super().__init__()`` is not needed), may keep its
+    own per-parameter state in a field of any name (``self.state = {}``, as
+    Flux's ``IdDict`` field; a dict keyed by the tensor finds it by identity),
+    and overrides ``apply_(self, x, dx)`` (or ``apply``) to return the step:
+    ``update_`` subtracts it, ``x -= step``, as Flux's ``update!`` does with
+    ``apply!``'s result. ``dx`` is a private copy of the gradient, which
+    ``apply_`` may overwrite and return (Flux's ``apply!`` does). Such an
+    optimiser works unchanged with implicit ``update_(opt, ps, gs)``,
+    ``update_(opt, x, g)`` and ``train_`` (alone or inside an ``Optimiser``
+    chain) but cannot be translated by ``setup``. Its state is its own:
+    fluxtrain cannot roll it back when a step fails part way.
 
-    >>> import torch
+    >>> import warnings, torch, fluxtrain
     >>> from fluxtrain.optimise import AbstractOptimiser
-    >>> class Halve(AbstractOptimiser):
-    ...     def apply(self, x, dx):
-    ...         return dx / 2
-    >>> from fluxtrain.optimise.optimisers import step_many_
-    >>> x = torch.ones(2)
-    >>> _ = step_many_(Halve(), [x], [torch.ones(2)])
-    >>> x.tolist()
-    [0.5, 0.5]
+    >>> warnings.simplefilter("ignore")
+    >>> class MyMomentum(AbstractOptimiser):
+    ...     def __init__(self, eta=0.01, rho=0.9):
+    ...         self.eta = eta
+    ...         self.rho = rho
+    ...         self.state = {}
+    ...     def apply_(self, x, dx):
+    ...         v = self.state.setdefault(x, torch.zeros_like(x))
+    ...         v.mul_(self.rho).sub_(self.eta * dx)      # v = rho*v - eta*dx
+    ...         return dx.copy_(-v)                       # the step: x -= -v
+    >>> x = torch.tensor([1.0, -2.0], dtype=torch.float64)
+    >>> opt = MyMomentum()
+    >>> _ = fluxtrain.update_(opt, x, torch.tensor([0.5, -0.25], dtype=torch.float64))
+    >>> x.tolist(), opt.state[x].tolist()
+    ([0.995, -1.9975], [-0.005, 0.0025])
     """
 
     _hyper: ClassVar[tuple[str, ...]] = ()
     _states: WeakIdKeyDictionary
     _cache: tuple[Any, AbstractRule] | None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:
+        # the internal fields are made here, so that a user's subclass whose own
+        # __init__ does not call super().__init__() (Flux users wrote none) has them
+        self = super().__new__(cls)
+        object.__setattr__(self, "_states", WeakIdKeyDictionary())
+        object.__setattr__(self, "_cache", None)
+        return self
 
     def __init__(self) -> None:
         object.__setattr__(self, "_states", WeakIdKeyDictionary())
@@ -161,10 +229,9 @@ class AbstractOptimiser:
         return cache[1]
 
     # ------------------------------------------------------------------ state
-    @property
-    def state(self) -> WeakIdKeyDictionary:
-        """Per-parameter state (tensor -> state in the new rule's layout)."""
-        return self._states
+    state = _StateField(
+        "state", "Per-parameter state (tensor -> state in the new rule's layout)."
+    )
 
     def _peek_state(self, x: torch.Tensor) -> State | None:
         return self._states.get(x)
@@ -187,10 +254,15 @@ class AbstractOptimiser:
     def __fluxtrain_translate__(self) -> AbstractRule:
         """The new-style rule that computes the same steps (a snapshot)."""
         if _is_custom(self):
+            who = type(self).__name__
+            if isinstance(self, Optimiser):
+                who = next(type(o).__name__ for o in self.os if _is_custom(o))
+                who = f"{who}, a member of this Optimiser"
             raise TypeError(
                 f"setup does not know how to translate this old-style implicit rule "
-                f"({type(self).__name__}) to a new-style explicit rule: write it as a "
-                "subclass of fluxtrain.optimisers.AbstractRule (init and apply) instead"
+                f"({who}, which has its own apply_) to a new-style explicit rule: write it "
+                "as a subclass of fluxtrain.optimisers.AbstractRule (init and apply) instead, "
+                "or keep the implicit style for it"
             )
         return self._rule()
 
@@ -201,7 +273,23 @@ class AbstractOptimiser:
         return clone_state(self._peek_state(x))
 
     def apply(self, x: torch.Tensor, dx: torch.Tensor) -> Step:
-        """Flux's ``apply!``: advance the state of ``x`` and return its step."""
+        """Flux's ``apply!``: advance the state of ``x`` and return its step (``x`` unchanged).
+
+        >>> import torch
+        >>> from fluxtrain.optimise import ExpDecay
+        >>> o = ExpDecay(0.2, 0.5, 1, 1e-3)
+        >>> p = torch.zeros(1, dtype=torch.float64)
+        >>> [o.apply_(p, torch.ones(1, dtype=torch.float64)).item() for _ in range(3)]
+        [0.1, 0.05, 0.025]
+        """
+        if _is_custom(self):  # a user's class that overrides only apply_: that one
+            return _user_apply(self, x, dx)
+        return step_many_(self, [x], [dx], subtract=False)[0]
+
+    def apply_(self, x: torch.Tensor, dx: torch.Tensor) -> Step:
+        """The same as :meth:`apply` (Julia's ``apply!``, spelled as fluxtrain spells ``!``)."""
+        if _is_custom(self):
+            return _user_apply(self, x, dx)
         return step_many_(self, [x], [dx], subtract=False)[0]
 
     # ------------------------------------------------------------------ copying
@@ -223,8 +311,29 @@ class AbstractOptimiser:
 
     # ------------------------------------------------------------------ printing
     def __repr__(self) -> str:
-        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self._hyper)
+        names: Sequence[str] = self._hyper
+        if not names and _is_custom(self):  # a user's optimiser: its own scalar fields
+            names = [
+                k for k, v in self.__dict__.items()
+                if not k.startswith("_") and isinstance(v, (int, float, tuple, str))
+            ]
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in names)
         return f"{type(self).__name__}({args})"
+
+
+def _user_apply(opt: AbstractOptimiser, x: torch.Tensor, dx: torch.Tensor) -> Step:
+    """The step of a user's optimiser (its own ``apply_``/``apply``), or of an ``Optimiser``
+    chain holding one (each member's step fed to the next, as Flux's ``apply!`` of a chain)."""
+    if isinstance(opt, Optimiser):
+        step: Step = dx
+        for o in opt.os:
+            if step is None:
+                break
+            step = _user_apply(o, x, step) if _is_custom(o) else o.apply(x, step)
+        return step
+    t = type(opt)
+    f = t.apply_ if t.apply_ is not AbstractOptimiser.apply_ else t.apply
+    return f(opt, x, dx)  # type: ignore[no-any-return]
 
 
 def step_many_(
@@ -258,8 +367,16 @@ def step_many_(
                     "(an expanded, stride-0 view); train a real tensor (x.clone()) instead"
                 )
     if _is_custom(opt):
-        # A user's apply keeps its own state: fluxtrain cannot roll it back.
-        steps: list[Step] = [opt.apply(x, dx) for x, dx in zip(xs, dxs)]
+        # A user's apply_ keeps its own state: fluxtrain cannot roll it back. The steps
+        # are all computed before any parameter changes. The callers hand over private
+        # copies of the gradients, which apply_ may overwrite (as Flux's apply! did).
+        steps: list[Step] = [_user_apply(opt, x, dx) for x, dx in zip(xs, dxs)]
+        for i, st in enumerate(steps):
+            if st is not None and not isinstance(st, torch.Tensor):
+                raise TypeError(
+                    f"{type(opt).__name__}.apply_(x, dx) must return the step (a tensor "
+                    f"subtracted from x), got {type(st).__name__} for parameter {i}"
+                )
         if subtract:
             subtract_many_(list(xs), steps)
         return steps
@@ -452,9 +569,17 @@ def _forget(opt: AbstractOptimiser, x: torch.Tensor) -> None:
 
 
 def _is_custom(opt: AbstractOptimiser) -> bool:
-    """A user's old optimiser that defines ``apply`` (Flux's ``apply!``) and no core rule."""
+    """A user's old optimiser that defines its own ``apply_``/``apply`` (Flux's ``apply!``),
+    or an ``Optimiser`` chain with such a member."""
     t = type(opt)
-    return t.apply is not AbstractOptimiser.apply and t._new_rule is AbstractOptimiser._new_rule
+    if t is Optimiser:
+        return any(map(_is_custom, opt.os))  # type: ignore[attr-defined]
+    return t.apply_ is not AbstractOptimiser.apply_ or t.apply is not AbstractOptimiser.apply
+
+
+def is_custom(opt: AbstractOptimiser) -> bool:
+    """Whether ``opt`` runs a user's own ``apply_`` (see :class:`AbstractOptimiser`)."""
+    return _is_custom(opt)
 
 
 def _check_hyper_tuple(name: str, owner: str, value: Any) -> None:
@@ -497,9 +622,7 @@ class Momentum(AbstractOptimiser):
         self.eta = eta
         self.rho = rho
 
-    @property
-    def velocity(self) -> WeakIdKeyDictionary:
-        return self._states
+    velocity = _StateField("velocity", "Flux's field name for the per-parameter state.")
 
     def _new_rule(self) -> AbstractRule:
         return _new("Momentum")(self.eta, self.rho)  # type: ignore[no-any-return]
@@ -515,9 +638,7 @@ class Nesterov(AbstractOptimiser):
         self.eta = eta
         self.rho = rho
 
-    @property
-    def velocity(self) -> WeakIdKeyDictionary:
-        return self._states
+    velocity = _StateField("velocity", "Flux's field name for the per-parameter state.")
 
     def _new_rule(self) -> AbstractRule:
         return _new("Nesterov")(self.eta, self.rho)  # type: ignore[no-any-return]
@@ -534,9 +655,7 @@ class RMSProp(AbstractOptimiser):
         self.rho = rho
         self.epsilon = epsilon
 
-    @property
-    def acc(self) -> WeakIdKeyDictionary:
-        return self._states
+    acc = _StateField("acc", "Flux's field name for the per-parameter state.")
 
     def _new_rule(self) -> AbstractRule:
         return _new("RMSProp")(self.eta, self.rho, self.epsilon)  # type: ignore[no-any-return]
@@ -636,9 +755,7 @@ class AdaGrad(AbstractOptimiser):
         self.eta = eta
         self.epsilon = epsilon
 
-    @property
-    def acc(self) -> WeakIdKeyDictionary:
-        return self._states
+    acc = _StateField("acc", "Flux's field name for the per-parameter state.")
 
     def _new_rule(self) -> AbstractRule:
         return _new("AdaGrad")(self.eta, self.epsilon)  # type: ignore[no-any-return]
@@ -763,9 +880,7 @@ class ExpDecay(AbstractOptimiser):
         """Flux's field name for ``decay_step``."""
         return self.decay_step
 
-    @property
-    def current(self) -> WeakIdKeyDictionary:
-        return self._states
+    current = _StateField("current", "Flux's field name for the per-parameter state.")
 
     def __setattr__(self, name: str, value: Any) -> None:
         super().__setattr__(name, value)
