@@ -109,7 +109,49 @@ def train_(
         raise TypeError(
             "train_: the Params come second, train_(loss, ps, data, opt); got Params first"
         )
+    _check_explicit_train_args(loss, model, data, opt)
     return explicit.train_explicit(loss, model, data, opt, cb=cb, progress=progress)
+
+
+def _is_state(x: object) -> bool:
+    """A state tree from setup, a Leaf, a rule or an old optimiser (what goes 4th)."""
+    return type(x).__name__ in ("StateTree", "Leaf") or isinstance(
+        x, (AbstractRule, AbstractOptimiser)
+    )
+
+
+def _check_explicit_train_args(loss: Any, model: Any, data: Any, opt: Any) -> None:
+    """Arguments of the explicit ``train_`` swapped or of the wrong kind: a clear error."""
+    order = "the order is train_(loss, model, data, opt_state)"
+    if isinstance(loss, torch.nn.Module) and callable(model) \
+            and not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"train_(loss, model, data, opt_state): the first argument is an nn.Module and the "
+            f"second a function; did you swap loss and model? {order}"
+        )
+    if _is_state(model) or isinstance(opt, torch.nn.Module):
+        what = (
+            f"2nd argument (model) is {type(model).__name__}, an optimiser state or rule"
+            if _is_state(model) else "4th argument (opt_state) is an nn.Module"
+        )
+        raise TypeError(
+            f"train_(loss, model, data, opt_state): the {what}; did you swap model and "
+            f"opt_state? {order}"
+        )
+    if _is_state(data):
+        raise TypeError(
+            f"train_(loss, model, data, opt_state): the 3rd argument (data) is "
+            f"{type(data).__name__}, an optimiser state or rule; did you swap data and "
+            f"opt_state? {order}"
+        )
+    if not _takes_arguments(loss):
+        raise TypeError(
+            "train_(loss, model, data, opt_state): the loss takes no arguments, but the "
+            "explicit train_ calls loss(model, *batch) for each batch of data: write it as "
+            "loss(m, x, y) using m instead of the global model. A loss of no arguments that "
+            "closes over the model is the implicit style: train_(loss, fluxtrain.params(model), "
+            "data, opt) with an old optimiser such as fluxtrain.Adam() (deprecated). " + _MIGRATE
+        )
 
 
 def _check_train_args(loss: Any, data: Any) -> None:

@@ -143,7 +143,8 @@ def train_explicit(
     """Flux's explicit ``train_(loss, model, data, opt_state)``: one pass over ``data``.
 
     For each item ``d``: the loss and gradient of ``loss(model, *d)`` (if ``d``
-    is a tuple) or ``loss(model, d)``, then ``update_(opt_state, model, grad)``.
+    is a tuple or a list, as a torch ``DataLoader`` yields) or ``loss(model, d)``
+    (any other item, a dict included), then ``update_(opt_state, model, grad)``.
     A non-finite loss raises :class:`~fluxtrain.DomainError` naming the value and
     the item number (counted from 1, as Flux does) before anything of that step
     is applied. A progress bar is shown when stderr is a terminal
@@ -185,14 +186,18 @@ def train_explicit(
                 stacklevel=external_stacklevel(),
             )
     check_mutable(model, "train_")
-    from fluxtrain.progress import progress_bar
 
+    from fluxtrain.progress import batch_args, check_loss_call, progress_bar
+
+    first = True
     with progress_bar(data, progress) as items:
         for i, d in enumerate(items, 1):
-            if isinstance(d, tuple):
-                val, grads = withgradient_explicit(lambda m, d=d: loss(m, *d), model)
-            else:
-                val, grads = withgradient_explicit(lambda m, d=d: loss(m, d), model)
+            args = batch_args(d)
+            if first:  # a loss that cannot take the item: say how it is called, before any step
+                check_loss_call(loss, (model, *args), "loss(model, *item) (the explicit style)",
+                                _SPLAT_HINT)
+                first = False
+            val, grads = withgradient_explicit(lambda m, a=args: loss(m, *a), model)
             lv = _loss_value(val)
             g = grads[0]
             if distributed.is_distributed():
@@ -202,6 +207,12 @@ def train_explicit(
             if not math.isfinite(lv):
                 raise DomainError(f"Loss is {_julia_num(lv)} on data item {i}, stopping training")
             update_explicit(opt_state, model, g, loss=lv)
+
+
+_SPLAT_HINT = (
+    ". A tuple or list item (a DataLoader batch) is splatted, loss(model, x, y); any other "
+    "item, a dict included, is passed whole, loss(model, item)"
+)
 
 
 def _julia_num(v: float) -> str:

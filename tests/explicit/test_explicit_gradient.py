@@ -172,7 +172,8 @@ def test_train_with_old_optimiser_translates_and_warns() -> None:
     assert m["w"].tolist() == [-0.1]
 
 
-def test_train_splats_tuples_only() -> None:
+def test_train_splats_tuples_and_lists() -> None:
+    # DESIGN.md "Data and batches": a list item (a DataLoader batch) is splatted too
     m = {"w": f64(0.0)}
     st = setup(Descent(1.0), m)
     got = []
@@ -182,7 +183,7 @@ def test_train_splats_tuples_only() -> None:
         return m["w"].sum()
 
     train_explicit(loss, m, [(1, 2), [1, 2], "ab"], st, progress=False)
-    assert got == [2, 1, 1]
+    assert got == [2, 2, 1]
 
 
 def test_progress_bar_forced_on_writes_to_stderr(capsys: pytest.CaptureFixture[str]) -> None:

@@ -186,6 +186,12 @@ def _julia_num(v: float) -> str:
     return repr(v)
 
 
+_SPLAT_HINT = (
+    ". A tuple or list item (a DataLoader batch) is splatted, loss(x, y); any other item, "
+    "a dict included, is passed whole, loss(item)"
+)
+
+
 def train_implicit(
     loss: Callable[..., Any],
     ps: Params,
@@ -198,7 +204,8 @@ def train_implicit(
     """Flux 0.13's implicit ``train_(loss, ps, data, opt, cb=...)``: one pass over ``data``.
 
     For each item ``d`` (numbered from 1): the loss ``loss(*d)`` (``d`` a
-    tuple) or ``loss(d)`` and its gradient with respect to ``ps``; a
+    tuple or a list, as a torch ``DataLoader`` yields) or ``loss(d)`` (any
+    other item, a dict included) and its gradient with respect to ``ps``; a
     non-finite loss raises :class:`~fluxtrain.DomainError` before anything of
     that step is applied; then ``update_(opt, ps, gs)``; then the callbacks
     (a function or a list of functions). ``stop()`` (from the loss or a
@@ -214,12 +221,16 @@ def train_implicit(
     [-0.30000000000000004]
     """
     callback = runall(cb)
-    from fluxtrain.progress import progress_bar
+    from fluxtrain.progress import batch_args, check_loss_call, progress_bar
 
+    first = True
     with progress_bar(data, progress) as items:
         for i, d in enumerate(items, 1):
             try:
-                args: tuple[Any, ...] = d if isinstance(d, tuple) else (d,)
+                args = batch_args(d)
+                if first:  # a loss that cannot take the item: say how it is called
+                    check_loss_call(loss, args, "loss(*item) (the implicit style)", _SPLAT_HINT)
+                    first = False
                 val, gs = withgradient_implicit(partial(loss, *args), ps)
                 lv = _loss_float(val)
                 if distributed.is_distributed():
