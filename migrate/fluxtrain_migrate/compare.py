@@ -50,8 +50,6 @@ run cannot show it at all.
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import shutil
 import signal
@@ -59,10 +57,25 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+from fluxtrain_migrate.traces import (
+    Alignment,
+    FinalComparison,
+    ParamDiff,
+    StdoutComparison,
+    align,
+    compare_final,
+    compare_stdout,
+    describe,
+    param_diff,
+    param_equal,
+    read_trace,
+    within,
+)
 
 __all__ = [
     "EXIT_IDENTICAL",
@@ -74,6 +87,7 @@ __all__ = [
     "run_traced",
     "load_trace",
     "compare_traces",
+    "compare_runs",
     "compare_scripts",
     "format_result",
     "verify_pairs",
@@ -103,6 +117,7 @@ class RunResult:
     stderr: str
     records: list[dict[str, Any]] = field(default_factory=list)
     trace_error: str | None = None
+    final: list[dict[str, Any]] | None = None  # the final record's tensors, if written
 
     @property
     def timed_out(self) -> bool:
@@ -123,11 +138,6 @@ class RunResult:
             return f"{self.script} failed with exit status {self.returncode}"
         if self.trace_error is not None:
             return f"{self.script}: unreadable trace: {self.trace_error}"
-        if not self.records:
-            return (
-                f"{self.script} never trained: it ran to completion but took no "
-                "optimisation step through fluxtrain's train_ or update_"
-            )
         return None
 
 
@@ -202,7 +212,8 @@ def _finish(
         f.close()
     result = RunResult(script, returncode, seconds, outs[0], outs[1])
     try:
-        result.records = load_trace(trace_path)
+        contents = read_trace(trace_path)
+        result.records, result.final = contents.steps, contents.final
     except ValueError as e:
         result.trace_error = str(e)
     return result
@@ -245,49 +256,17 @@ def run_traced(
 
 
 def load_trace(path: Path) -> list[dict[str, Any]]:
-    """Read a trace file (JSON lines). A missing file is an empty trace.
+    """The step records of a trace file (JSON lines); see :func:`traces.read_trace`.
 
-    A malformed *last* line (a script killed while writing) is dropped; a
-    malformed line elsewhere is an error (``ValueError``).
+    A missing file is an empty trace. A malformed *last* line (a script killed
+    while writing) is dropped; a malformed line elsewhere is an error
+    (``ValueError``). The final record (final tensor values) is not a step and
+    is left out; :func:`traces.read_trace` returns it.
     """
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return []
-    lines = text.splitlines()
-    records: list[dict[str, Any]] = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as e:
-            if n == len(lines):
-                break
-            raise ValueError(f"line {n} is not JSON ({e})") from None
-        if not isinstance(rec, dict) or not isinstance(rec.get("params"), list):
-            raise ValueError(f"line {n} is not a fluxtrain trace record")
-        records.append(rec)
-    return records
+    return read_trace(path).steps
 
 
 # --------------------------------------------------------------------------- comparing
-
-
-@dataclass
-class ParamDiff:
-    """How one parameter differs at the first differing step."""
-
-    label: str
-    shape: list[int]
-    dtype: str
-    max_abs: float | None  # None when values were not recorded (too large)
-    max_rel: float | None
-    n_differ: int | None
-    numel: int
-    sum_old: float
-    sum_new: float
-    note: str = ""
 
 
 @dataclass
@@ -304,6 +283,8 @@ class CompareResult:
     loss_new: float | None = None
     old: RunResult | None = None
     new: RunResult | None = None
+    final: FinalComparison | None = None  # final values, when both scripts wrote them
+    stdout: StdoutComparison | None = None  # set by compare_runs
 
     @property
     def verdict(self) -> str:
@@ -317,120 +298,19 @@ def _label(entry: dict[str, Any], index: int) -> str:
     return str(name) if name is not None else f"#{index}"
 
 
-def _values(entry: dict[str, Any]) -> Any:
-    from fluxtrain.trace import decode_values
-
-    return decode_values(entry)
-
-
-def _within(a: float, b: float, tol: float) -> bool:
-    if a == b or (math.isnan(a) and math.isnan(b)):
-        return True
-    if tol <= 0:
-        return False
-    return abs(a - b) <= tol * (1 + abs(a))
+# A parameter's identity across the steps of one trace: its tracer id, or (for
+# traces without ids) its position, shape and dtype in the step's list.
+_Pid = tuple[Any, ...]
 
 
-def _param_equal(o: dict[str, Any], n: dict[str, Any], tol: float) -> bool:
-    if o["sha256"] == n["sha256"]:
-        return True
-    if tol <= 0 or o["shape"] != n["shape"]:
-        return False
-    vo, vn = _values(o), _values(n)
-    if vo is not None and vn is not None:
-        import torch
-
-        both_nan = torch.isnan(vo) & torch.isnan(vn)
-        close = (vo - vn).abs() <= tol * (1 + vo.abs())
-        return bool((close | both_nan | (vo == vn)).all())
-    return _within(float(o["sum"]), float(n["sum"]), tol * max(1.0, float(o["abssum"])))
+def _pid(entry: dict[str, Any], index: int) -> _Pid:
+    if "id" in entry:
+        return ("id", entry["id"])
+    return ("pos", index, tuple(entry["shape"]), entry["dtype"])
 
 
-def _diff(o: dict[str, Any], n: dict[str, Any], label: str) -> ParamDiff:
-    numel = math.prod(int(s) for s in o["shape"])
-    shape_note = ""
-    if o["shape"] != n["shape"] or o["dtype"] != n["dtype"]:
-        shape_note = (
-            f"OLD is {tuple(o['shape'])} {o['dtype']}, NEW is {tuple(n['shape'])} {n['dtype']}"
-        )
-    max_abs = max_rel = None
-    n_differ = None
-    vo, vn = _values(o), _values(n)
-    if vo is not None and vn is not None and vo.shape == vn.shape:
-        import torch
-
-        nan_o, nan_n = torch.isnan(vo), torch.isnan(vn)
-        same = (vo == vn) | (nan_o & nan_n)
-        d = (vo - vn).abs()
-        d = torch.where(same, torch.zeros_like(d), d)
-        d = torch.where(nan_o ^ nan_n, torch.full_like(d, math.inf), d)
-        scale = torch.maximum(vo.abs(), vn.abs())
-        rel = torch.where(d == 0, torch.zeros_like(d), d / scale)
-        rel = torch.where(torch.isnan(rel), torch.full_like(rel, math.inf), rel)
-        max_abs = float(d.max()) if d.numel() else 0.0
-        max_rel = float(rel.max()) if rel.numel() else 0.0
-        n_differ = int((~same).sum())
-        if n_differ == 0:  # same values, different bytes (e.g. -0.0 against 0.0)
-            shape_note = (
-                shape_note or "equal values, different bytes (signed zeros or NaN payloads)"
-            )
-    return ParamDiff(
-        label=label,
-        shape=list(o["shape"]),
-        dtype=str(o["dtype"]),
-        max_abs=max_abs,
-        max_rel=max_rel,
-        n_differ=n_differ,
-        numel=numel,
-        sum_old=float(o["sum"]),
-        sum_new=float(n["sum"]),
-        note=shape_note,
-    )
-
-
-def _key(e: dict[str, Any]) -> tuple[Any, ...]:
-    return (tuple(e["shape"]), e["dtype"])
-
-
-def _subsequence(
-    short: list[dict[str, Any]], long: list[dict[str, Any]], same: Callable[..., bool]
-) -> list[int] | None:
-    out: list[int] = []
-    j = 0
-    for e in short:
-        while j < len(long) and not same(e, long[j]):
-            j += 1
-        if j == len(long):
-            return None
-        out.append(j)
-        j += 1
-    return out
-
-
-def _align(
-    old: list[dict[str, Any]], new: list[dict[str, Any]]
-) -> tuple[list[tuple[int, int]], list[int], list[int]] | None:
-    """Pair OLD's parameters with NEW's: (pairs, only-in-OLD, only-in-NEW), or None."""
-    if len(old) == len(new):
-        return [(i, i) for i in range(len(old))], [], []
-    swap = len(old) > len(new)
-    short, long = (new, old) if swap else (old, new)
-    idx = _subsequence(short, long, lambda a, b: a["sha256"] == b["sha256"])
-    if idx is None:
-        idx = _subsequence(short, long, lambda a, b: _key(a) == _key(b))
-    if idx is None:
-        return None
-    taken = set(idx)
-    extra = [j for j in range(len(long)) if j not in taken]
-    if swap:
-        return [(j, i) for i, j in enumerate(idx)], extra, []
-    return [(i, j) for i, j in enumerate(idx)], [], extra
-
-
-def _describe(params: list[dict[str, Any]]) -> str:
-    shapes = ", ".join(f"{tuple(p['shape'])}" for p in params[:8])
-    more = f", ... ({len(params)} in all)" if len(params) > 8 else ""
-    return f"{len(params)} parameter(s): {shapes}{more}"
+def _signature(params: list[dict[str, Any]]) -> tuple[Any, ...]:
+    return tuple(_pid(e, i) for i, e in enumerate(params))
 
 
 def compare_traces(
@@ -440,59 +320,78 @@ def compare_traces(
     tolerance: float = 0.0,
     max_steps: int | None = None,
 ) -> CompareResult:
-    """Compare two traces step by step; see the module docstring for the verdicts."""
+    """Compare two traces step by step; see the module docstring for the verdicts.
+
+    Each step is compared over the parameters *of that step*: the k-th record
+    of OLD against the k-th of NEW, their parameter lists paired by
+    :func:`traces.align`. The pairing is decided the first time a given pair of
+    parameter lists (by tracer id) appears and reused whenever it comes back,
+    so a script that trains two models in turn, grows its ``Params`` or
+    rebuilds its model compares step by step like any other.
+    """
     if max_steps is not None:
         old, new = old[:max_steps], new[:max_steps]
     if not old or not new:
         which = "OLD" if not old else "NEW"
         return CompareResult(EXIT_FAILED, f"{which} recorded no optimisation step")
-    alignment = _align(old[0]["params"], new[0]["params"])
-    if alignment is None:
-        return CompareResult(
-            EXIT_DIVERGED,
-            "at step 1: the scripts train different parameters: OLD has "
-            f"{_describe(old[0]['params'])}; NEW has {_describe(new[0]['params'])}",
-            step=1,
-        )
-    pairs, only_old, only_new = alignment
-    n_params = len(pairs) + len(only_old) + len(only_new)
+    alignments: dict[tuple[Any, ...], Alignment] = {}
+    last: tuple[dict[_Pid, tuple[int, dict[str, Any]]], ...] = ({}, {})
+    extras_seen: set[tuple[str, _Pid]] = set()
+    sizes: set[int] = set()
+    signatures: set[tuple[Any, ...]] = set()
+    n_params = 0
     for k, (ro, rn) in enumerate(zip(old, new), 1):
         po, pn = ro["params"], rn["params"]
-        if len(po) != len(old[0]["params"]) or len(pn) != len(new[0]["params"]):
-            return CompareResult(
-                EXIT_DIVERGED,
-                f"at step {k}: the number of parameters changed "
-                f"(OLD {len(po)}, NEW {len(pn)}; at step 1: "
-                f"{len(old[0]['params'])}, {len(new[0]['params'])})",
-                steps_compared=k - 1,
-                step=k,
-                n_params=n_params,
-            )
+        sig = (_signature(po), _signature(pn))
+        signatures.add(sig)
+        alignment = alignments.get(sig)
+        if alignment is None:
+            alignment = align(po, pn)
+            if alignment is None:
+                return CompareResult(
+                    EXIT_DIVERGED,
+                    f"at step {k}: the scripts train different parameters: OLD has "
+                    f"{describe(po)}; NEW has {describe(pn)}",
+                    steps_compared=k - 1,
+                    step=k,
+                    n_params=n_params,
+                )
+            alignments[sig] = alignment
+        pairs, only_old, only_new = alignment
+        n_step = len(pairs) + len(only_old) + len(only_new)
+        sizes.add(n_step)
+        n_params = max(n_params, n_step)
         diffs = [
-            _diff(po[i], pn[j], _label(po[i], i))
+            param_diff(po[i], pn[j], _label(po[i], i))
             for i, j in pairs
-            if not _param_equal(po[i], pn[j], tolerance)
+            if not param_equal(po[i], pn[j], tolerance)
         ]
-        for side, params, first, extra in (
-            ("OLD", po, old[0]["params"], only_old),
-            ("NEW", pn, new[0]["params"], only_new),
+        for side, params, extra, seen in (
+            ("OLD", po, only_old, last[0]),
+            ("NEW", pn, only_new, last[1]),
         ):
             for i in extra:
-                if params[i]["sha256"] != first[i]["sha256"]:
-                    other = "NEW" if side == "OLD" else "OLD"
-                    d = _diff(first[i], params[i], _label(params[i], i))
-                    d.note = (
-                        f"trained in {side} only ({other} does not train it): this is its "
-                        "change since step 1 (a trace starts after the first step, so it may "
-                        "have moved at step 1 already)"
-                    )
-                    diffs.append(d)
+                extras_seen.add((side, _pid(params[i], i)))
+                before = seen.get(_pid(params[i], i))
+                if before is None or params[i]["sha256"] == before[1]["sha256"]:
+                    continue  # first seen here: its value before this step is not in the trace
+                other = "NEW" if side == "OLD" else "OLD"
+                d = param_diff(before[1], params[i], _label(params[i], i))
+                d.note = (
+                    f"trained in {side} only ({other} does not train it): this is its "
+                    f"change since step {before[0]} (a trace starts after the first step, "
+                    "so it may have moved at step 1 already)"
+                )
+                diffs.append(d)
+        for params, seen in ((po, last[0]), (pn, last[1])):
+            for i, e in enumerate(params):
+                seen[_pid(e, i)] = (k, e)
         lo, ln = ro.get("loss"), rn.get("loss")
-        loss_differs = lo is not None and ln is not None and not _within(lo, ln, tolerance)
+        loss_differs = lo is not None and ln is not None and not within(lo, ln, tolerance)
         if diffs or loss_differs:
             what = []
             if diffs:
-                what.append(f"{len(diffs)} of {n_params} parameter(s) differ")
+                what.append(f"{len(diffs)} of {n_step} parameter(s) differ")
             if loss_differs:
                 what.append(f"the loss differs (OLD {lo!r}, NEW {ln!r})")
             return CompareResult(
@@ -516,16 +415,111 @@ def compare_traces(
             n_params=n_params,
         )
     how = "bit for bit" if tolerance <= 0 else f"within tolerance {tolerance:g}"
+    if len(signatures) == 1:
+        counted = f"{n_params} parameter(s)"
+    else:
+        span = f"{min(sizes)} to {max(sizes)}" if len(sizes) > 1 else f"{n_params}"
+        counted = f"{span} parameter(s) per step (the traced set changes during the run)"
     frozen = ""
-    if only_old or only_new:
-        frozen = f" ({len(only_old) + len(only_new)} parameter(s) in one trace only, never changed)"
+    if extras_seen:
+        frozen = f" ({len(extras_seen)} parameter(s) in one trace only, never changed)"
     limited = f" (first {max_steps} compared)" if max_steps is not None else ""
     return CompareResult(
         EXIT_IDENTICAL,
-        f"{common} step(s){limited}, {n_params} parameter(s), {how}{frozen}",
+        f"{common} step(s){limited}, {counted}, {how}{frozen}",
         steps_compared=common,
         n_params=n_params,
     )
+
+
+def _no_steps(run: RunResult) -> str:
+    return f"{run.script} took no optimisation step through fluxtrain's train_ or update_"
+
+
+def compare_runs(
+    run_old: RunResult,
+    run_new: RunResult,
+    *,
+    tolerance: float = 0.0,
+    max_steps: int | None = None,
+) -> CompareResult:
+    """The verdict on two finished runs: their steps, final values and stdout.
+
+    * A run that failed (exit status, timeout, unreadable trace): exit 2.
+    * Both took steps: the steps decide (:func:`compare_traces`); then the
+      final values (unless ``max_steps`` cut the traces) must agree too, else
+      the scripts diverged after their last step. stdout is reported, and
+      does not change the verdict (a clock-throttled callback prints at
+      different steps).
+    * Neither took a step (training by hand, ``w -= lr * g``): what can still
+      be compared decides: the final values of the tensors and stdout; exit 0
+      when both agree, 1 when either differs, 2 when no tensor could be paired.
+    * One took steps, the other none: diverged (exit 1), with the final
+      values and stdout reported; exit 2 if the stepless one left no tensor.
+    """
+    failures = [(side, r) for side, r in (("OLD", run_old), ("NEW", run_new)) if r.failure()]
+    if failures:
+        message = "; ".join(f"{side}: {r.failure()}" for side, r in failures)
+        return CompareResult(EXIT_FAILED, message, old=run_old, new=run_new)
+    out = compare_stdout(run_old.stdout, run_new.stdout)
+    final: FinalComparison | None = None
+    if max_steps is None and run_old.final is not None and run_new.final is not None:
+        final = compare_final(run_old.final, run_new.final, tolerance)
+    if run_old.records and run_new.records:
+        result = compare_traces(
+            run_old.records, run_new.records, tolerance=tolerance, max_steps=max_steps
+        )
+        if result.exit_code == EXIT_IDENTICAL and final is not None and not final.identical:
+            result = CompareResult(
+                EXIT_DIVERGED,
+                f"after the last step ({result.steps_compared}): {final.summary()}",
+                steps_compared=result.steps_compared,
+                diffs=final.diffs,
+                n_params=result.n_params,
+            )
+        elif result.exit_code == EXIT_IDENTICAL:
+            extra = [out.summary()] if final is None else [final.summary(), out.summary()]
+            result.message = "; ".join([result.message, *extra])
+    else:
+        compared = [out.summary()] if final is None else [out.summary(), final.summary()]
+        n_final = 0 if final is None else final.compared
+        if not run_old.records and not run_new.records:
+            head = "no optimisation steps traced"
+            if n_final == 0:
+                code = EXIT_FAILED
+                head = (
+                    "neither script took an optimisation step through fluxtrain's train_ or "
+                    "update_, and no tensor could be paired to compare final values"
+                )
+            elif out.identical and final is not None and final.identical:
+                code = EXIT_IDENTICAL
+            else:
+                code = EXIT_DIVERGED
+        else:
+            stepless, other = (run_new, run_old) if run_old.records else (run_old, run_new)
+            which = "NEW" if stepless is run_new else "OLD"
+            if not stepless.final:
+                code = EXIT_FAILED
+                head = (
+                    f"{which}: {stepless.script} never trained: it ran to completion but "
+                    "took no optimisation step through fluxtrain's train_ or update_, and "
+                    "left no tensor to compare"
+                )
+            else:
+                code = EXIT_DIVERGED
+                head = (
+                    f"{'OLD' if which == 'NEW' else 'NEW'} took {len(other.records)} traced "
+                    f"step(s), {which} none ({_no_steps(stepless)}): the steps cannot be "
+                    "compared"
+                )
+        result = CompareResult(
+            code,
+            "; ".join([head, *compared]),
+            diffs=[] if final is None else final.diffs,
+        )
+    result.old, result.new = run_old, run_new
+    result.final, result.stdout = final, out
+    return result
 
 
 def compare_scripts(
@@ -547,15 +541,7 @@ def compare_scripts(
     run_old, run_new = run_traced(
         [old_p, new_p], args, seed=seed, timeout=timeout, max_steps=max_steps, values=values
     )
-    failures = [(side, r) for side, r in (("OLD", run_old), ("NEW", run_new)) if r.failure()]
-    if failures:
-        message = "; ".join(f"{side}: {r.failure()}" for side, r in failures)
-        return CompareResult(EXIT_FAILED, message, old=run_old, new=run_new)
-    result = compare_traces(
-        run_old.records, run_new.records, tolerance=tolerance, max_steps=max_steps
-    )
-    result.old, result.new = run_old, run_new
-    return result
+    return compare_runs(run_old, run_new, tolerance=tolerance, max_steps=max_steps)
 
 
 def check_determinism(
@@ -569,12 +555,7 @@ def check_determinism(
     """Run one script twice and compare the traces (is it deterministic at all?)."""
     p = Path(script)
     a, b = run_traced([p, p], args, seed=seed, timeout=timeout, max_steps=max_steps)
-    failures = [r.failure() for r in (a, b) if r.failure()]
-    if failures:
-        return CompareResult(EXIT_FAILED, "; ".join(str(f) for f in failures), old=a, new=b)
-    result = compare_traces(a.records, b.records, max_steps=max_steps)
-    result.old, result.new = a, b
-    return result
+    return compare_runs(a, b, max_steps=max_steps)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -592,9 +573,10 @@ def format_result(result: CompareResult, old: Path | str, new: Path | str) -> st
             continue
         status = "timed out" if run.timed_out else f"exit {run.returncode}"
         styles = sorted({str(r.get("style")) for r in run.records})
+        final = "no final record" if run.final is None else f"{len(run.final)} final tensor(s)"
         lines.append(
             f"  {side}: {len(run.records)} step(s) recorded ({', '.join(styles) or 'none'}), "
-            f"{status}, {run.seconds:.1f} s"
+            f"{final}, {status}, {run.seconds:.1f} s"
         )
     if result.exit_code == EXIT_FAILED:
         lines.append(f"NOT RUNNABLE: {result.message}")
@@ -606,7 +588,8 @@ def format_result(result: CompareResult, old: Path | str, new: Path | str) -> st
     if result.exit_code == EXIT_IDENTICAL:
         lines.append(f"IDENTICAL: {result.message}")
         return "\n".join(lines)
-    lines.append(f"DIVERGED {result.message}")
+    sep = " " if result.message.startswith(("at step", "after the last step")) else ": "
+    lines.append(f"DIVERGED{sep}{result.message}")
     if result.step is not None and result.step > 1:
         lines.append(f"  steps 1..{result.step - 1} are identical")
     if result.loss_old is not None or result.loss_new is not None:
@@ -672,12 +655,17 @@ def verify_pairs(
         r = compare_scripts(
             old, new, args, tolerance=tolerance, max_steps=max_steps, timeout=timeout, seed=seed
         )
-        if r.exit_code == EXIT_IDENTICAL:
+        if r.exit_code == EXIT_IDENTICAL and r.steps_compared == 0:
+            n_final = 0 if r.final is None else r.final.compared
+            verdict = f"no traced steps; stdout and final values of {n_final} tensor(s) equal"
+        elif r.exit_code == EXIT_IDENTICAL:
             verdict = f"trace-equal ({r.steps_compared} steps)"
             if r.new is not None and any(rec.get("style") == "implicit" for rec in r.new.records):
                 verdict += ", but the new script still trains in the implicit style"
-        elif r.exit_code == EXIT_DIVERGED:
+        elif r.exit_code == EXIT_DIVERGED and r.step is not None:
             verdict = f"diverged at step {r.step}"
+        elif r.exit_code == EXIT_DIVERGED:
+            verdict = "diverged" + (" after the last step" if r.steps_compared else "")
         else:
             verdict = "not runnable"
         rows.append((str(old), verdict))

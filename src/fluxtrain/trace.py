@@ -14,11 +14,44 @@ Record format (one JSON object per line)::
         {"shape": [32, 64], "dtype": "float32",
          "sha256": "...",         # hash of the raw bytes: any one-ulp change shows
          "sum": 1.25, "abssum": 40.5,   # float64 sums: the size of a difference
-         "values": "base64..."},  # only with FLUXTRAIN_TRACE_VALUES (see below)
+         "values": "base64...",   # only with FLUXTRAIN_TRACE_VALUES (see below)
+         "id": 0},                # which tensor: see "Tensor ids" below
         ...]}
 
 Each record is written *after* the step's update, so it fingerprints the
-parameters the step produced.
+parameters the step produced. The list holds the parameters *of that step*
+(the ``Params`` or the model given to that ``train_``/``update_``): a script
+that trains two models in turn (a GAN), builds new parameters mid-run or
+grows its ``Params`` writes records of different lengths.
+
+Tensor ids. ``id`` numbers the tensors (and numpy arrays) in the order the
+tracer first sees them in this process: 0 for the first, 1 for the next new
+one, and so on. The same tensor object keeps its id for as long as it lives,
+so a reader can follow one parameter across steps whose parameter lists
+differ. Ids are a property of one run: two runs of the same script give the
+same ids, a migrated script may not.
+
+The final record. When the interpreter exits with tracing on, one last line is
+written (main process only, rank 0 only)::
+
+    {"final": true,
+     "tensors": [                 # fingerprints as above, with "name" or "id"
+        {"name": "model.0.weight", "id": 0, "shape": ..., "sha256": ..., ...},
+        {"name": "W", ...},       # a float tensor or array held by a global
+        {"id": 7, ...},           # seen by the tracer, not reachable from a global
+        ...]}
+
+It holds the final value of every floating (or complex) tensor and numpy array
+reachable from the ``__main__`` module's globals (a tensor, an
+``nn.Module``'s parameters and floating buffers, and dict / list / tuple /
+dataclass containers of them, up to depth 4; fluxtrain's own objects such as
+``Params``, ``Grads``, optimisers and state trees are not entered), named by
+the path from the global, then every other tensor the tracer has seen
+(:func:`record_step`, :func:`watch`) that is still alive. It lets a reader
+compare scripts that train without fluxtrain's step functions (``w -= lr * g``
+by hand after a ``gradient``): they write no step record, but their final
+values are there. A reader that wants step records only skips lines with
+``"final"`` (they have no ``"params"``).
 
 Other environment variables (all read at each step):
 
@@ -32,16 +65,21 @@ Other environment variables (all read at each step):
     Record only the first N steps (later steps run but write nothing).
 
 When ``FLUXTRAIN_TRACE`` is unset, :func:`active` is one dictionary look-up and
-callers skip :func:`record_step` entirely, so training pays nothing.
+callers skip :func:`record_step` entirely, so training pays nothing (the exit
+hook is one look-up too).
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
+import dataclasses
 import hashlib
 import json
 import os
+import sys
 import threading
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -53,6 +91,8 @@ from fluxtrain.errors import _is_nonzero_rank
 __all__ = [
     "active",
     "record_step",
+    "record_final",
+    "watch",
     "reset",
     "fingerprint",
     "decode_values",
@@ -70,8 +110,18 @@ MAX_STEPS_ENV = "FLUXTRAIN_TRACE_MAX_STEPS"
 DEFAULT_VALUES_MAX = 1 << 20
 
 _STYLES = ("explicit", "implicit")
-_lock = threading.Lock()
+_lock = threading.RLock()
 _counters: dict[str, int] = {}
+
+# Tensor ids (see "Tensor ids" above): id(obj) -> [ordinal, weak or strong reference].
+# Weak references let a tensor die (its entry goes with it, so a new object at
+# the same address gets a new ordinal); watch(..., keep=True) holds it instead.
+_seen: dict[int, list[Any]] = {}
+_next_id = [0]
+
+# The final record walks globals at most this deep, and this many tensors in all.
+FINAL_DEPTH = 4
+FINAL_MAX_TENSORS = 10_000
 
 # ``os.environ.get`` encodes the key and decodes the value at every call (a few
 # microseconds); the dict behind ``os.environ`` is kept in sync by every
@@ -99,9 +149,63 @@ def active() -> bool:
 
 
 def reset() -> None:
-    """Forget the per-path step counters (the next record of each path is step 1)."""
+    """Forget the per-path step counters and the tensor ids (the next record is step 1)."""
     with _lock:
         _counters.clear()
+        _seen.clear()
+        _next_id[0] = 0
+
+
+def _forget(key: int) -> Any:
+    def callback(_ref: Any) -> None:
+        with _lock:
+            entry = _seen.get(key)
+            if entry is not None and entry[1] is _ref:
+                del _seen[key]
+
+    return callback
+
+
+def _tensor_id(x: Any, keep: bool = False) -> int | None:
+    """The tracer's id of a tensor or array (see "Tensor ids"); None if it cannot be tracked."""
+    key = id(x)
+    with _lock:
+        entry = _seen.get(key)
+        if entry is not None:
+            if keep and isinstance(entry[1], weakref.ref):
+                entry[1] = x
+            return int(entry[0])
+        ref: Any
+        if keep:
+            ref = x
+        else:
+            try:
+                ref = weakref.ref(x, _forget(key))
+            except TypeError:  # not weak-referenceable: hold it (it cannot die and reappear)
+                ref = x
+        n = _next_id[0]
+        _next_id[0] = n + 1
+        _seen[key] = [n, ref]
+        return n
+
+
+def watch(xs: Iterable[Any] | Any, *, keep: bool = True) -> None:
+    """Note tensors for the final record: call with what ``params``/``gradient``/``setup`` see.
+
+    Does nothing when tracing is off. Each floating tensor or numpy array in
+    ``xs`` (an iterable, or one tensor) gets an id (see "Tensor ids"); with
+    ``keep`` the tracer holds a reference to it until exit, so that the final
+    record has its value even when the script's own reference is gone (a model
+    local to a function). Holding references keeps memory alive only while
+    tracing is on.
+    """
+    if not active():
+        return
+    if isinstance(xs, (torch.Tensor, np.ndarray)):
+        xs = [xs]
+    for x in xs:
+        if _is_float_array(x):
+            _tensor_id(x, keep=keep)
 
 
 def _as_tensor(x: Any) -> torch.Tensor:
@@ -234,6 +338,10 @@ def record_step(style: str, params: Iterable[Any], loss: Any | None) -> None:
             fingerprint(p, values=values, values_max=values_max or DEFAULT_VALUES_MAX)
             for p in tensors
         ]
+        for p, e in zip(tensors, entries):
+            n = _tensor_id(p)
+            if n is not None:
+                e["id"] = n
         if names is not None:
             for name, e in zip(names, entries):
                 e["name"] = name
@@ -241,6 +349,127 @@ def record_step(style: str, params: Iterable[Any], loss: Any | None) -> None:
         line = json.dumps(record, separators=(",", ":"))
         with open(path, "a", encoding="utf-8") as f:
             f.write(line + "\n")
+
+
+def _is_float_array(x: Any) -> bool:
+    if isinstance(x, torch.Tensor):
+        return x.is_floating_point() or x.is_complex()
+    if isinstance(x, np.ndarray):
+        return x.dtype.kind in "fc"
+    return False
+
+
+def _is_fluxtrain_object(x: Any) -> bool:
+    return type(x).__module__.split(".", 1)[0] == "fluxtrain"
+
+
+def _global_tensors(namespace: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """(path, tensor) for each float tensor or array reachable from ``namespace``.
+
+    Each tensor once (first path wins), in the namespace's order; see the
+    module docstring ("The final record") for what is entered.
+    """
+    out: list[tuple[str, Any]] = []
+    seen_tensors: set[int] = set()
+    entered: set[int] = set()
+
+    def add(path: str, x: Any) -> None:
+        if id(x) not in seen_tensors and len(out) < FINAL_MAX_TENSORS:
+            seen_tensors.add(id(x))
+            out.append((path, x))
+
+    def walk(path: str, x: Any, depth: int) -> None:
+        if _is_float_array(x):
+            add(path, x)
+            return
+        if depth >= FINAL_DEPTH or len(out) >= FINAL_MAX_TENSORS or id(x) in entered:
+            return
+        if isinstance(x, torch.nn.Module):
+            entered.add(id(x))
+            for name, p in x.named_parameters():
+                add(f"{path}.{name}", p)
+            for name, buf in x.named_buffers():
+                if _is_float_array(buf):
+                    add(f"{path}.{name}", buf)
+            return
+        if _is_fluxtrain_object(x) or isinstance(x, (str, bytes, type)):
+            return
+        if isinstance(x, dict):
+            entered.add(id(x))
+            for k, v in list(x.items()):
+                walk(f"{path}[{k!r}]", v, depth + 1)
+        elif isinstance(x, (list, tuple)):
+            entered.add(id(x))
+            for i, v in enumerate(list(x)[:FINAL_MAX_TENSORS]):
+                walk(f"{path}[{i}]", v, depth + 1)
+        elif dataclasses.is_dataclass(x):
+            entered.add(id(x))
+            for f in dataclasses.fields(x):
+                walk(f"{path}.{f.name}", getattr(x, f.name, None), depth + 1)
+
+    for name, value in list(namespace.items()):
+        if name.startswith("__") or isinstance(value, type(sys)):
+            continue
+        walk(name, value, 0)
+    return out
+
+
+def record_final(namespace: Mapping[str, Any] | None = None) -> None:
+    """Append the final record (see the module docstring) to ``FLUXTRAIN_TRACE``.
+
+    Called at interpreter exit when tracing is on; ``namespace`` defaults to
+    the ``__main__`` module's globals. Does nothing when tracing is off, in a
+    data-parallel rank other than 0, or in a child process of
+    ``multiprocessing``.
+    """
+    path = os.environ.get(TRACE_ENV)
+    if not path:
+        return
+    if _is_nonzero_rank():
+        return
+    import multiprocessing
+
+    if multiprocessing.parent_process() is not None:
+        return  # a worker re-imports __main__: its globals are not the script's results
+    if namespace is None:
+        main = sys.modules.get("__main__")
+        namespace = vars(main) if main is not None else {}
+    values = _env_flag(VALUES_ENV)
+    values_max = _env_int(VALUES_MAX_ENV, DEFAULT_VALUES_MAX) or DEFAULT_VALUES_MAX
+    with _lock:
+        named = _global_tensors(namespace)
+        covered = {id(x) for _, x in named}
+        tensors: list[dict[str, Any]] = []
+        for name, x in named:
+            e = fingerprint(x, values=values, values_max=values_max)
+            e["name"] = name
+            entry = _seen.get(id(x))
+            if entry is not None:
+                e["id"] = int(entry[0])
+            tensors.append(e)
+        # dict.copy() allocates once, so no weakref callback can resize _seen under it
+        for key, (n, ref) in sorted(_seen.copy().items(), key=lambda kv: int(kv[1][0])):
+            x = ref() if isinstance(ref, weakref.ref) else ref
+            if x is None or key in covered or len(tensors) >= FINAL_MAX_TENSORS:
+                continue
+            e = fingerprint(x, values=values, values_max=values_max)
+            e["id"] = int(n)
+            tensors.append(e)
+        line = json.dumps({"final": True, "tensors": tensors}, separators=(",", ":"))
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+
+def _at_exit() -> None:
+    if not active():
+        return
+    try:
+        record_final()
+    except Exception as e:  # never turn a script's clean exit into a crash
+        print(f"fluxtrain.trace: could not write the final record: {e!r}", file=sys.stderr)
+
+
+atexit.register(_at_exit)
 
 
 def seed_everything(seed: int | None = None) -> int | None:
