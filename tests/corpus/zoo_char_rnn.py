@@ -1,7 +1,7 @@
 # Source: FluxML/model-zoo, text/char-rnn/char-rnn.jl @ 0a12d5664178aee6379ef061cc800e7cd9da269a (2021-12-19)
 # URL: https://github.com/FluxML/model-zoo/blob/0a12d5664178aee6379ef061cc800e7cd9da269a/text/char-rnn/char-rnn.jl
 # Port: Shakespeare download -> Sonnet 18 inline; LSTM 128 -> 16, seqlen 50 -> 10, nbatch 50 -> 4; Flux's stateful
-#   LSTM/reset!/onehot/chunk/batchseq/wsample as small torch helpers; sample length 1000 -> 60; `cd` dropped.
+#   LSTM/reset!/onehot/chunk/batchseq/wsample as small torch helpers; sample length 1000 -> 60; throttle 30 s -> 1000 s (output independent of machine speed); `cd` dropped.
 import random
 from dataclasses import dataclass
 
@@ -83,7 +83,7 @@ class Args:
     lr: float = 1e-2  # Learning rate
     seqlen: int = 10  # Length of batch sequences
     nbatch: int = 4  # Number of batches text is divided into
-    throttle: int = 30  # Throttle timeout
+    throttle: int = 1000  # Throttle timeout
     epochs: int = 2  # Number of Epochs
 
 
