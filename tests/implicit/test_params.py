@@ -154,10 +154,18 @@ def test_gradient_restores_requires_grad_and_grad():
     lin.bias.requires_grad_(False)
     marker = torch.ones(1, 2)
     lin.weight.grad = marker
-    gs = fluxtrain.gradient(lambda: lin(torch.ones(1, 2)).sum(), fluxtrain.params(lin))
-    assert gs[lin.bias].tolist() == [1.0]
+    # a frozen Parameter (requires_grad=False) is not trainable: params skips it, and the
+    # implicit gradient never switches it on, even when Params are built by hand (issue 22.4)
+    assert lin.bias not in fluxtrain.params(lin)
+    gs = fluxtrain.gradient(lambda: lin(torch.ones(1, 2)).sum(),
+                            fluxtrain.Params([lin.weight, lin.bias]))
+    assert gs[lin.bias] is None and gs[lin.weight].tolist() == [[1.0, 1.0]]
     assert lin.weight.grad is marker and lin.bias.requires_grad is False
     assert lin.bias.grad is None
+    # a plain tensor gets its gradient whatever its requires_grad, which is restored after
+    w = torch.ones(2)
+    assert fluxtrain.gradient(lambda: (3 * w).sum(), fluxtrain.params(w))[w].tolist() == [3.0, 3.0]
+    assert w.requires_grad is False
 
 
 def test_params_gradient_norms_A4():

@@ -2,8 +2,10 @@
 
 ``f`` takes no arguments and reads the parameters from wherever it finds them
 (closures, globals, a model). Gradients are taken with
-:func:`torch.autograd.grad`, so no ``.grad`` field is written; tensors that did
-not require grad get ``requires_grad`` only for the call. Afterwards every
+:func:`torch.autograd.grad`, so no ``.grad`` field is written; plain tensors
+that did not require grad get ``requires_grad`` only for the call. An
+``nn.Parameter`` with ``requires_grad=False`` is frozen and stays so: its
+gradient is ``None``. Afterwards every
 tensor's ``requires_grad`` and ``.grad`` are as before.
 """
 
@@ -73,6 +75,8 @@ def withgradient_implicit(f: Callable[[], Any], ps: Params) -> ValueAndGrad:
         for p in members:
             if not (p.is_floating_point() or p.is_complex()):
                 continue  # integer tensors cannot carry gradients
+            if not p.requires_grad and isinstance(p, torch.nn.Parameter):
+                continue  # frozen the torch way: never switched on (its gradient is None)
             if p.is_leaf and not p.requires_grad:
                 p.requires_grad_(True)
                 changed.append(p)

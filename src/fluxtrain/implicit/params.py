@@ -17,6 +17,14 @@ Integer tensors. As in Flux, plain integer arrays given to ``params`` are
 collected (``params(torch.tensor([1, 2, 3]))`` has one element); they never
 receive a gradient, so ``update_`` leaves them alone.
 
+Frozen parameters. An ``nn.Parameter`` with ``requires_grad=False`` (how torch
+users freeze part of a model) is not trainable: ``params`` skips it, exactly as
+the explicit ``setup`` and ``trainables`` do (and as Flux's ``params`` honours
+``trainable``). A plain tensor is collected whatever its ``requires_grad``
+(``torch.randn`` gives False), so ``params(w, b)`` of plain tensors works.
+``Params([...])`` built by hand keeps what it is given, but the implicit
+gradient never switches a frozen Parameter on: its gradient is ``None``.
+
 Views. A tensor that is a reshaping view (transpose, permute, ``view``) of
 another tensor with the same number of elements stands for that tensor:
 ``params(W.T)`` collects ``W``, as Flux looks through ``transpose``. Views of
@@ -59,9 +67,15 @@ def _looks_through(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _frozen(x: torch.Tensor) -> bool:
+    """An ``nn.Parameter`` with ``requires_grad=False``: frozen, the torch way (not trainable)."""
+    return isinstance(x, torch.nn.Parameter) and not x.requires_grad
+
+
 def _walk(x: object, out: Params, seen: set[int]) -> None:
     if isinstance(x, torch.Tensor):
-        out._push_one(_looks_through(x))
+        if not _frozen(x):
+            out._push_one(_looks_through(x))
         return
     if _is_ndarray(x):
         if x.dtype.kind in "biufc":  # type: ignore[attr-defined]
@@ -84,7 +98,8 @@ def _walk(x: object, out: Params, seen: set[int]) -> None:
         # registered parameters only, in model order (buffers such as
         # BatchNorm running statistics are not trainable)
         for p in x.parameters():
-            out._push_one(p)
+            if p.requires_grad:  # a frozen Parameter is not trainable (as setup)
+                out._push_one(p)
     elif isinstance(x, Mapping):
         for v in x.values():
             _walk(v, out, seen)
@@ -114,9 +129,11 @@ def params(*xs: object) -> Params:
 
     Walks every argument in order: an ``nn.Module`` gives its registered
     parameters (not buffers, so BatchNorm gives its weight and bias but not its
-    running statistics); dicts, lists, tuples, namedtuples and dataclasses are
-    walked; tensors and numeric numpy arrays are collected; numbers, strings,
-    functions and ``None`` are skipped. Each tensor is collected once.
+    running statistics), except those with ``requires_grad=False``; dicts,
+    lists, tuples, namedtuples and dataclasses are walked; tensors and numeric
+    numpy arrays are collected, frozen Parameters (``requires_grad=False``)
+    skipped; numbers, strings, functions and ``None`` are skipped. Each tensor
+    is collected once.
 
     >>> import warnings, torch
     >>> from fluxtrain import params
@@ -126,6 +143,11 @@ def params(*xs: object) -> Params:
     >>> len(ps), ps[0] is lin.weight
     (2, True)
     >>> len(params(torch.nn.BatchNorm1d(2)))  # weight and bias only
+    2
+    >>> _ = lin.weight.requires_grad_(False)  # frozen the torch way: skipped
+    >>> params(lin)[0] is lin.bias, len(params(lin))
+    (True, 1)
+    >>> len(params(torch.randn(2), torch.randn(3)))  # plain tensors: always collected
     2
     >>> a = torch.tensor([3.0, 3.0, 3.0])
     >>> ps = params(1, torch.tensor([[2.0, 2.0]]), {"alpha": a, "beta": 4, "gamma": abs})
