@@ -468,7 +468,7 @@ ROWS = [
         raises=(TypeError, ("throttle", "int"))),
     Row("throttle-negative-timeout", lambda: F.throttle(print, -1),
         raises=(ValueError, ("timeout", "-1"))),
-    Row("epochs-negative", lambda: list(F.epochs(-1)), raises=(TypeError, ("epochs", "-1"))),
+    Row("epochs-negative", lambda: list(F.epochs(-1)), raises=(ValueError, ("epochs", "-1"))),
     Row("epochs-float", lambda: list(F.epochs(2.5)), raises=(TypeError, ("epochs", "2.5"))),
     Row("epochs-str", lambda: list(F.epochs("3")), raises=(TypeError, ("epochs", "'3'"))),
     Row("old-Adam-eta-str", lambda: F.Adam("x"), raises=(TypeError, ("Adam", "eta", "str"))),

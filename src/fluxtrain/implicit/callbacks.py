@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import numbers
 import sys
 import threading
 import time
@@ -178,9 +180,20 @@ def throttle(
         raise TypeError(
             f"throttle: f must be callable (a function to throttle), got {type(f).__name__}"
         )
-    if timeout < 0:
-        raise ValueError(f"throttle: timeout must be non-negative seconds, got {timeout}")
-    return _Throttled(f, timeout, leading, trailing)
+    if isinstance(timeout, bool) or not isinstance(timeout, numbers.Real):
+        raise TypeError(
+            f"throttle(f, timeout): timeout must be a number of seconds (0 <= timeout < inf), "
+            f"got {type(timeout).__name__} {timeout!r}"
+        )
+    if not (0 <= float(timeout) < math.inf):  # (False for NaN too)
+        raise ValueError(
+            f"throttle(f, timeout): timeout must be a finite, non-negative number of seconds "
+            f"(0 <= timeout < inf), got {timeout!r}"
+        )
+    for name, v in (("leading", leading), ("trailing", trailing)):
+        if v not in (True, False):
+            raise TypeError(f"throttle: {name} must be True or False, got {v!r}")
+    return _Throttled(f, timeout, bool(leading), bool(trailing))
 
 
 # ---------------------------------------------------------------------------- epochs
@@ -217,8 +230,17 @@ def epochs(n: int) -> Iterator[int]:
     >>> [i for i in epochs(2)]  # also prints "[ Info: Epoch 1" and "[ Info: Epoch 2"
     [1, 2]
     """
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise TypeError(f"epochs(n) needs a non-negative whole number of epochs, got {n!r}")
+    given: Any = n
+    if isinstance(given, bool) or not isinstance(given, numbers.Integral):
+        if not (isinstance(given, float) and given.is_integer()):
+            raise TypeError(
+                f"epochs(n): n must be a whole number of epochs (an int, 0 <= n), got "
+                f"{type(given).__name__} {given!r}"
+            )
+        # (Julia's `@epochs 2.0` ran 1:2.0, two epochs)
+    if given < 0:
+        raise ValueError(f"epochs(n): n must be a whole number of epochs with 0 <= n, got {n!r}")
+    n = int(given)
     warn_deprecated(
         "epochs(n) is deprecated (Flux 0.14 removed @epochs): write an ordinary loop, "
         f"`for epoch in range(1, n + 1):`; {_MIGRATE}",
