@@ -12,19 +12,33 @@ script's own folder, the same ARGS) with the same seed-relevant environment:
 
 Every optimisation step either script takes through fluxtrain's ``train_`` or
 ``update_`` appends one record to its trace (see :mod:`fluxtrain.trace`): the
-loss where known and a fingerprint of every trainable parameter after the step.
-The traces are then compared step by step.
+loss where known and a fingerprint of the parameters *of that step* after it.
+At exit each script also writes a final record: the final values of the
+tensors its globals hold (and of those the tracer saw). Three things are
+compared, and the verdict names each with its result: the steps (the k-th
+record of OLD against the k-th of NEW, over that step's parameters), the final
+values (paired by name), and stdout (line by line).
 
 Verdicts and exit status:
 
 * ``0`` identical: same number of steps and every parameter equal at every step
   (bit for bit with the default ``--tolerance 0``; otherwise every element
-  within ``tol * (1 + |old|)``); losses are compared where both scripts know them;
+  within ``tol * (1 + |old|)``), losses equal where both scripts know them, and
+  the final values equal; or, when neither script took a step (it trains by
+  hand, ``w -= lr * g``), the final values of at least one tensor and stdout
+  equal (``no optimisation steps traced; stdout IDENTICAL; final values of 4
+  tensor(s) IDENTICAL``);
 * ``1`` diverged: the first differing step, which parameters differ and by how
   much (maximum absolute and relative difference, number of differing elements),
-  or that one script took fewer steps than the other;
+  or that one script took fewer steps than the other (none at all included),
+  or final values that differ after identical steps; without steps, differing
+  final values or stdout;
 * ``2`` could not run: a script failed (non-zero exit status or timeout: its
-  stderr tail is shown), or never trained (no step was recorded).
+  stderr tail is shown), or there is nothing to compare (no step on either
+  side and no tensor to pair, or a stepless side that left no tensor).
+
+stdout decides only when no step was traced: with steps it is reported, since
+a clock-throttled callback prints at different steps in two runs of one script.
 
 **Callbacks and wall-clock throttling.** A trace records only what training did
 to the parameters (and the loss), never when it happened or what a callback
@@ -38,13 +52,19 @@ nature, and ``compare`` says so rather than blame the migration when
 ``--check-determinism`` is given (it runs OLD twice first). Write such callbacks
 against a step count instead of the clock.
 
-Parameter lists of different lengths (e.g. ``params(model[0])`` in OLD, the whole
-model with the rest frozen in NEW) are aligned in order by shape and dtype; a
-parameter present in one trace only must keep the same value at every step
-(it is frozen), else the traces diverge. Its value before the first step is not
-in the trace, so a parameter wrongly trained by one script only shows from
-step 2 (with the note that it may have moved at step 1 already); a one-step
-run cannot show it at all.
+The set of traced parameters may change from step to step (two models trained
+in turn, a growing ``Params``, a rebuilt model, ``update_(opt, p, g)`` per
+parameter): each step is compared over its own lists. Lists of different
+lengths (e.g. ``params(model[0])`` in OLD, the whole model with the rest frozen
+in NEW) are aligned in order, by value, else by shape and dtype; the pairing is
+decided the first time a pair of lists (by tensor id) appears and reused when
+it comes back. A parameter present in one trace only must keep the same value
+from one of its records to the next (it is frozen), else the traces diverge.
+Its value before the first step is not in the trace, so a parameter wrongly
+trained by one script only shows from its second record (with the note that it
+may have moved at its first already); a one-step run cannot show it at all.
+
+compare has no batch logic: the scripts iterate their data themselves.
 """
 
 from __future__ import annotations
