@@ -22,6 +22,9 @@ from fluxtrain.optimisers import Adam
 
 from .usageutil import F32, assert_moved, loader, mlp, mse, params_of, regression, twins
 
+# torch's own compile machinery calls a deprecated torch.jit helper
+pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.script_method:DeprecationWarning")
+
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():

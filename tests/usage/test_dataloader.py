@@ -10,6 +10,7 @@ seeded the same way on both sides).
 
 from __future__ import annotations
 
+import types
 import warnings
 
 import pytest
@@ -164,3 +165,22 @@ def test_bare_tensor_batches_are_passed_whole(style):
         recon(theirs, x).backward()
         opt.step()
     assert_same_params(ours, theirs, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("style", ["explicit", "implicit"])
+def test_any_mapping_is_passed_whole(style):
+    # not only dict: a read-only MappingProxyType batch arrives as one argument too,
+    # and trains exactly as the same batches as dicts
+    X, Y = regression()
+    dicts = [{"x": X[i:i + 16], "y": Y[i:i + 16]} for i in range(0, 64, 16)]
+    proxies = [types.MappingProxyType(d) for d in dicts]
+    a, b = twins(mlp)
+    for model, data in ((a, dicts), (b, proxies)):
+        if style == "explicit":
+            fluxtrain.train_(dict_mse, model, data, fluxtrain.setup(Adam(LR), model))
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                fluxtrain.train_(lambda batch, model=model: dict_mse(model, batch),
+                                 fluxtrain.params(model), data, fluxtrain.optimise.Adam(LR))
+    assert_same_params(a, b)
