@@ -1,6 +1,6 @@
 # Source: FluxML/model-zoo, vision/conv_mnist/conv_mnist.jl @ 85a523c85e36b385fe136a54e3220ca1a0ea808e (2022-04-12)
 # URL: https://github.com/FluxML/model-zoo/blob/85a523c85e36b385fe136a54e3220ca1a0ea808e/vision/conv_mnist/conv_mnist.jl
-# Port: MNIST -> scikit-learn's 8x8 digits upsampled to 28x28 (1500 train / 297 test); epochs 10 -> 2;
+# Port: MNIST -> scikit-learn's 8x8 digits upsampled to 16x16 (imgsize 16x16x1; 1500 train / 297 test); epochs 10 -> 2;
 #   TensorBoard, ProgressMeter and BSON checkpoints dropped (tblogger=false, checktime=0); @info lines printed.
 import sys
 from dataclasses import dataclass
@@ -36,7 +36,7 @@ def gpu(x):
 # LeNet5 "constructor".
 # The model can be adapted to any image size
 # and any number of output classes.
-def LeNet5(imgsize=(28, 28, 1), nclasses=10):
+def LeNet5(imgsize=(16, 16, 1), nclasses=10):
     out_conv_size = (imgsize[0] // 4 - 3, imgsize[1] // 4 - 3, 16)
 
     return torch.nn.Sequential(
@@ -58,7 +58,7 @@ def LeNet5(imgsize=(28, 28, 1), nclasses=10):
 def get_data(args):
     digits = load_digits()
     xs = torch.nn.functional.interpolate(
-        torch.tensor(digits.images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16, size=(28, 28)
+        torch.tensor(digits.images, dtype=torch.float32).reshape(-1, 1, 8, 8) / 16, size=(16, 16)
     )
     ys = torch.tensor(digits.target)
     xtrain, ytrain = xs[:1500], ys[:1500]
