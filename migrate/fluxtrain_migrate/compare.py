@@ -25,8 +25,7 @@ Verdicts and exit status:
   (bit for bit with the default ``--tolerance 0``; otherwise every element
   within ``tol * (1 + |old|)``), losses equal where both scripts know them, and
   the final values equal; or, when neither script took a step (it trains by
-  hand, ``w -= lr * g``), the final values of at least one tensor and stdout
-  equal (``no optimisation steps traced; stdout IDENTICAL; final values of 4
+  hand, ``w -= lr * g``), the final values and stdout equal (``no optimisation steps traced; stdout IDENTICAL; final values of 4
   tensor(s) IDENTICAL``);
 * ``1`` diverged: the first differing step, which parameters differ and by how
   much (maximum absolute and relative difference, number of differing elements),
@@ -35,7 +34,7 @@ Verdicts and exit status:
   final values or stdout;
 * ``2`` could not run: a script failed (non-zero exit status or timeout: its
   stderr tail is shown), or there is nothing to compare (no step on either
-  side and no tensor to pair, or a stepless side that left no tensor).
+  side, no tensor to pair and no output; or a stepless side that left no tensor).
 
 stdout decides only when no step was traced: with steps it is reported, since
 a clock-throttled callback prints at different steps in two runs of one script.
@@ -473,7 +472,8 @@ def compare_runs(
       different steps).
     * Neither took a step (training by hand, ``w -= lr * g``): what can still
       be compared decides: the final values of the tensors and stdout; exit 0
-      when both agree, 1 when either differs, 2 when no tensor could be paired.
+      when both agree, 1 when either differs, 2 when there is nothing at all
+      (no tensor could be paired and neither script printed anything).
     * One took steps, the other none: diverged (exit 1), with the final
       values and stdout reported; exit 2 if the stepless one left no tensor.
     """
@@ -505,13 +505,15 @@ def compare_runs(
         n_final = 0 if final is None else final.compared
         if not run_old.records and not run_new.records:
             head = "no optimisation steps traced"
-            if n_final == 0:
+            printed = bool(run_old.stdout.strip() or run_new.stdout.strip())
+            if n_final == 0 and not printed:
                 code = EXIT_FAILED
                 head = (
-                    "neither script took an optimisation step through fluxtrain's train_ or "
-                    "update_, and no tensor could be paired to compare final values"
+                    "nothing to compare: neither script took an optimisation step through "
+                    "fluxtrain's train_ or update_, printed anything, or left a tensor that "
+                    "could be paired"
                 )
-            elif out.identical and final is not None and final.identical:
+            elif out.identical and (final is None or final.identical):
                 code = EXIT_IDENTICAL
             else:
                 code = EXIT_DIVERGED

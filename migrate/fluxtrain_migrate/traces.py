@@ -243,7 +243,9 @@ class FinalComparison:
 
     def summary(self) -> str:
         """``final values of 4 tensor(s) IDENTICAL``, or ``final values: 1 of 4 ... DIFFER``."""
-        if self.diffs:
+        if self.compared == 0:
+            text = "final values: no tensor to compare"
+        elif self.diffs:
             text = f"final values: {len(self.diffs)} of {self.compared} tensor(s) DIFFER"
         else:
             text = f"final values of {self.compared} tensor(s) IDENTICAL"

@@ -126,11 +126,33 @@ def test_a_change_after_the_last_step(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "3 step(s), 2 parameter(s), bit for bit; final values of 4 tensor(s) IDENTICAL" in out
 
 
+def test_only_stdout_to_compare(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A script whose tensors are all local to a function: stdout is all that is left."""
+    text = (
+        "import torch\nfrom fluxtrain import gradient, params\n"
+        "def main():\n"
+        "    w = torch.rand(3)\n"
+        "    gs = gradient(lambda: (w * w).sum(), params(w))\n"
+        "    print([round(v, 4) for v in gs[w].tolist()]{extra})\n"
+        "main()\n"
+    )
+    script = _write(tmp_path, "local.py", text.format(extra=""))
+    code, out = _cli(script, script, capsys)
+    assert code == 0, out
+    assert (
+        "IDENTICAL: no optimisation steps traced; stdout IDENTICAL; "
+        "final values: no tensor to compare"
+    ) in out
+    other = _write(tmp_path, "other.py", text.format(extra=", 'x'"))
+    code, out = _cli(script, other, capsys)
+    assert code == 1 and "DIVERGED: no optimisation steps traced; stdout DIFFERS at line 1" in out
+
+
 def test_nothing_to_compare_is_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    script = _write(tmp_path, "noop.py", "import fluxtrain\nprint('hello')\n")
+    script = _write(tmp_path, "noop.py", "import fluxtrain\nn = 3\n")
     code, out = _cli(script, script, capsys)
     assert code == 2, out
-    assert "neither script took an optimisation step" in out and "stdout IDENTICAL" in out
+    assert "NOT RUNNABLE: nothing to compare: neither script took an optimisation step" in out
 
 
 def test_max_steps_leaves_the_final_values_out(
