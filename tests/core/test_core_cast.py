@@ -44,12 +44,30 @@ def _values(dt: torch.dtype) -> list[float]:
 
 @pytest.mark.parametrize("dt", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
 def test_cast_matches_torch_conversion(dt: torch.dtype) -> None:
+    # cast gives the scalar of a rule's arithmetic: the dtype itself for 32/64-bit types,
+    # float32 for the 16-bit ones (docs/numerics.md); round_to rounds to the dtype itself
+    scalar = torch.float32 if dt in (torch.float16, torch.bfloat16) else dt
     for v in _values(dt):
         got = hyper.cast(v, dt)
+        want = torch_round(v, scalar)
+        assert struct.pack("d", got) == struct.pack("d", want), (v, got, want)
+        got = hyper.round_to(v, dt)
         want = torch_round(v, dt)
         assert struct.pack("d", got) == struct.pack("d", want), (v, got, want)
+
+
+def test_scalar_dtype_is_opmath_for_16_bit_types() -> None:
+    assert hyper.scalar_dtype(torch.float16) is torch.float32
+    assert hyper.scalar_dtype(torch.bfloat16) is torch.float32
+    assert hyper.scalar_dtype(torch.complex32) is torch.float32
+    assert hyper.scalar_dtype(torch.complex64) is torch.float32
+    assert hyper.scalar_dtype(torch.float64) is torch.float64
+    # the case: in bfloat16, 0.999 is 1.0; its float32 scalar is not
+    assert hyper.round_to(0.999, torch.bfloat16) == 1.0
+    assert hyper.cast(0.999, torch.bfloat16) == torch_round(0.999, torch.float32) < 1.0
 
 
 def test_cast_nan_stays_nan() -> None:
     for dt in (torch.float32, torch.float16, torch.bfloat16, torch.float64):
         assert math.isnan(hyper.cast(math.nan, dt))
+        assert math.isnan(hyper.round_to(math.nan, dt))

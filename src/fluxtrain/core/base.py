@@ -23,7 +23,9 @@ every leaf of the step at once (any devices and dtypes) and may combine them
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
+from operator import attrgetter
 from typing import Any, ClassVar
 
 import torch
@@ -31,10 +33,131 @@ import torch
 from fluxtrain.core import hyper
 from fluxtrain.core import schedules as _schedules
 
-__all__ = ["AbstractRule", "State", "Step", "maywrite", "check_param"]
+__all__ = ["AbstractRule", "State", "Step", "maywrite", "check_param", "OPMATH"]
 
 State = Any
 Step = torch.Tensor | None
+
+#: 16-bit parameter dtypes and the dtype their rules compute in (torch's "opmath" type):
+#: see :func:`_opmath` and ``docs/numerics.md``
+OPMATH: dict[torch.dtype, torch.dtype] = {
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.complex32: torch.complex64,
+}
+_dtype = attrgetter("dtype")
+
+
+# ---------------------------------------------------------------------------- 16-bit opmath
+def _widen(t: Any, made: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> Any:
+    """``t`` (a state: tensors, (named) tuples, lists, numbers) with every 16-bit tensor
+    replaced by an opmath copy; ``made[id(copy)] = (copy, original)``."""
+    if isinstance(t, torch.Tensor):
+        wide = OPMATH.get(t.dtype)
+        if wide is None:
+            made[id(t)] = (t, t)  # kept as it is (and not narrowed afterwards)
+            return t
+        w = t.to(wide)
+        made[id(w)] = (w, t)
+        return w
+    if isinstance(t, tuple):
+        if hasattr(t, "_fields"):
+            return type(t)(*(_widen(e, made) for e in t))
+        return tuple(_widen(e, made) for e in t)
+    if type(t) is list:
+        return [_widen(e, made) for e in t]
+    return t
+
+
+def _narrow(t: Any, made: dict[int, tuple[torch.Tensor, torch.Tensor]],
+            back: dict[torch.dtype, torch.dtype]) -> Any:
+    """The new state ``t`` stored in the parameters' dtypes: an opmath copy made by
+    :func:`_widen` is written back into its original (``copy_``: the state objects stay);
+    a new tensor of an opmath dtype becomes the 16-bit dtype it stands for (``back``)."""
+    if isinstance(t, torch.Tensor):
+        hit = made.get(id(t))
+        if hit is not None and hit[0] is t:
+            if hit[1] is not t:
+                hit[1].copy_(t)
+            return hit[1]
+        narrow = back.get(t.dtype)
+        return t if narrow is None else t.to(narrow)
+    if isinstance(t, tuple):
+        if hasattr(t, "_fields"):
+            return type(t)(*(_narrow(e, made, back) for e in t))
+        return tuple(_narrow(e, made, back) for e in t)
+    if type(t) is list:
+        return [_narrow(e, made, back) for e in t]
+    return t
+
+
+def _opmath_apply(f: Callable[..., Any]) -> Callable[..., Any]:
+    """``apply`` computing in float32 for a 16-bit parameter (see ``docs/numerics.md``).
+
+    The parameter, its gradient and its state's 16-bit tensors are copied to the opmath
+    dtype, ``f`` runs on the copies (so the rule's scalars and every operation are those
+    of a float32 parameter), then the state's tensors are written back into the 16-bit
+    tensors they came from. The step stays in float32: the caller's ``x -= step`` then
+    computes in float32 and rounds once, as torch.optim's last ``addcdiv_`` does. If
+    ``f`` raises, nothing given was changed. Other dtypes: ``f`` itself.
+    """
+
+    @functools.wraps(f)
+    def apply(self: AbstractRule, state: State, x: torch.Tensor,
+              dx: torch.Tensor) -> tuple[State, Step]:
+        wide = OPMATH.get(x.dtype)
+        if wide is None or not self.opmath:
+            return f(self, state, x, dx)  # type: ignore[no-any-return]
+        made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        with torch.no_grad():
+            s2, step = f(self, _widen(state, made), x.to(wide),
+                         dx.to(wide) if dx.dtype in OPMATH else dx)
+            return _narrow(s2, made, {wide: x.dtype}), step
+
+    apply._fluxtrain_opmath = True  # type: ignore[attr-defined]
+    return apply
+
+
+def _opmath_apply_many(f: Callable[..., Any]) -> Callable[..., Any]:
+    """:func:`_opmath_apply` for ``apply_many``: the 16-bit leaves of the lists computed
+    in float32, the others as given (bit-identical to ``apply`` leaf by leaf)."""
+
+    @functools.wraps(f)
+    def apply_many(self: AbstractRule, states: Sequence[State], xs: Sequence[torch.Tensor],
+                   dxs: Sequence[torch.Tensor]) -> tuple[list[State], list[Step]]:
+        # the lists share one dtype (apply_batched's groups), except for rules given a
+        # whole step at once (needs_whole_tree): those are read in full
+        if not xs or not self.opmath or (
+            OPMATH.get(xs[0].dtype) is None
+            and (not self._mixed_dtypes or set(map(_dtype, xs)).isdisjoint(OPMATH))
+        ):
+            return f(self, states, xs, dxs)  # type: ignore[no-any-return]
+        made: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        back: dict[torch.dtype, torch.dtype] = {}
+        wxs: list[torch.Tensor] = []
+        wdxs: list[torch.Tensor] = []
+        wstates: list[State] = []
+        half: list[bool] = []
+        with torch.no_grad():
+            for s, x, dx in zip(states, xs, dxs):
+                wide = OPMATH.get(x.dtype)
+                half.append(wide is not None)
+                if wide is None:
+                    wstates.append(s)
+                    wxs.append(x)
+                    wdxs.append(dx)
+                    continue
+                back[wide] = x.dtype
+                wstates.append(_widen(s, made))
+                wxs.append(x.to(wide))
+                wdxs.append(dx.to(wide) if dx.dtype in OPMATH else dx)
+            new, steps = f(self, wstates, wxs, wdxs)
+            out = [_narrow(s2, made, {OPMATH[x.dtype]: x.dtype}) if h else s2
+                   for s2, x, h in zip(new, xs, half)]
+        return out, list(steps)
+
+    apply_many._fluxtrain_opmath = True  # type: ignore[attr-defined]
+    return apply_many
 
 
 def maywrite(x: torch.Tensor) -> bool:
@@ -109,6 +232,27 @@ class AbstractRule:
     #: (see :func:`fluxtrain.core.batched.needs_whole_tree` and ``docs/transforms.md``).
     #: Such a rule's per-leaf :meth:`apply` is its ``apply_many`` on one leaf.
     whole_tree: ClassVar[bool] = False
+
+    #: ``True``: for float16/bfloat16/complex32 parameters, :meth:`apply` and
+    #: :meth:`apply_many` compute in float32 (complex64) and store the state in the
+    #: parameter's dtype (``docs/numerics.md``); every subclass's own ``apply`` and
+    #: ``apply_many`` are wrapped so at class creation. ``False`` for a rule that
+    #: handles precision itself (``MixedPrecision``) or must act in the gradient's
+    #: dtype (the whole-tree transforms, as ``torch.nn.utils.clip_grad_norm_``).
+    opmath: ClassVar[bool] = True
+
+    #: whether :meth:`apply_many` may be given lists of several dtypes (whole-tree
+    #: rules and chains, which may hold one): the opmath wrapper then reads every dtype
+    _mixed_dtypes: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.whole_tree:
+            cls._mixed_dtypes = True
+        for name, wrap in (("apply", _opmath_apply), ("apply_many", _opmath_apply_many)):
+            f = cls.__dict__.get(name)
+            if callable(f) and not getattr(f, "_fluxtrain_opmath", False):
+                setattr(cls, name, wrap(f))
 
     def __post_init__(self) -> None:
         if _schedules.has_schedule(self):

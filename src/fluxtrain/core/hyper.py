@@ -2,13 +2,21 @@
 
 Optimisers.jl stores hyperparameters as given and converts them to the
 parameter's element type ``T`` inside ``apply!`` (reference/optimisers.md
-§1.2). We do the same: :func:`cast` rounds a Python float to the nearest value
-representable in a torch dtype and returns it as a Python float, so that torch
-receives a scalar it converts to ``T`` exactly. Scalar sub-expressions that
-Julia evaluates in ``T`` (``1 - β1``, ``βt .* β``) are computed in float64 and
-rounded once with :func:`cast`; for +, -, *, / and sqrt this equals the
-correctly rounded ``T`` result because float64 carries more than 2p+2 bits of
-every narrower float format (the classic double-rounding theorem).
+§1.2). We do the same for float32 and float64 (and their complex types):
+:func:`cast` rounds a Python float to the nearest value representable in ``T``
+and returns it as a Python float, so that torch receives a scalar it converts
+to ``T`` exactly. Scalar sub-expressions that Julia evaluates in ``T``
+(``1 - β1``, ``βt .* β``) are computed in float64 and rounded once with
+:func:`cast`; for +, -, *, / and sqrt this equals the correctly rounded ``T``
+result because float64 carries more than 2p+2 bits of every narrower float
+format (the classic double-rounding theorem).
+
+16-bit parameters (float16, bfloat16, complex32) are the exception
+(``docs/numerics.md``): their scalars are rounded to float32, torch's "opmath"
+type for them, as torch.optim's are (:func:`scalar_dtype`), not to the 16-bit
+type as Julia would (in bfloat16, 0.999 is 1.0, and Adam's ``1 - β2`` is 0).
+Every elementwise kernel then computes in float32 and stores its result in the
+parameter's dtype. :func:`round_to` is the plain rounding to any dtype.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ from fluxtrain.errors import DomainError
 
 __all__ = [
     "cast",
+    "round_to",
+    "scalar_dtype",
     "eps_for",
     "real_dtype",
     "check_real",
@@ -66,16 +76,48 @@ def _cast_cached(value: float, dtype: torch.dtype) -> float:
     return float(torch.tensor(value, dtype=dtype).item())
 
 
+#: the dtype a rule's scalars are rounded to, per parameter dtype: the real part type,
+#: and float32 ("opmath") for the 16-bit types (docs/numerics.md)
+_SCALAR_DTYPE = {
+    torch.float64: torch.float64,
+    torch.float32: torch.float32,
+    torch.float16: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.complex128: torch.float64,
+    torch.complex64: torch.float32,
+    torch.complex32: torch.float32,
+}
+
+
+def scalar_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype a rule's scalars are rounded to for parameters of ``dtype``.
+
+    The real part type for 32- and 64-bit types (Optimisers.jl's ``T(eta)``);
+    float32 for float16, bfloat16 and complex32 (torch's opmath type: their
+    kernels compute in float32, see ``docs/numerics.md``).
+
+    >>> import torch
+    >>> scalar_dtype(torch.bfloat16), scalar_dtype(torch.complex128)
+    (torch.float32, torch.float64)
+    """
+    return _SCALAR_DTYPE.get(dtype, dtype)
+
+
 def cast(value: float, dtype: torch.dtype) -> float:
-    """Round ``value`` to ``dtype`` (its real part type) and return a Python float.
+    """``value`` as the scalar of a rule's arithmetic on ``dtype`` tensors (a Python float).
+
+    Rounded to :func:`scalar_dtype` of ``dtype``: ``dtype`` itself (its real part
+    type) for 32- and 64-bit types, float32 for the 16-bit ones.
 
     >>> import torch
     >>> cast(0.1, torch.float32)
     0.10000000149011612
     >>> cast(0.1, torch.float64)
     0.1
+    >>> cast(0.999, torch.bfloat16), round_to(0.999, torch.bfloat16)
+    (0.9990000128746033, 1.0)
     """
-    dtype = real_dtype(dtype)
+    dtype = _SCALAR_DTYPE.get(dtype, dtype)
     if dtype is torch.float64:
         return float(value)
     value = float(value)
@@ -91,19 +133,34 @@ def cast(value: float, dtype: torch.dtype) -> float:
     return _cast_cached(value, dtype)
 
 
+def round_to(value: float, dtype: torch.dtype) -> float:
+    """``value`` rounded to ``dtype`` (its real part type), as torch converts it.
+
+    >>> import torch
+    >>> round_to(0.999, torch.bfloat16), round_to(0.1, torch.float16)
+    (1.0, 0.0999755859375)
+    """
+    rdtype = real_dtype(dtype)
+    if rdtype is torch.float64:
+        return float(value)
+    value = float(value)
+    if value == 0:
+        return value
+    return _cast_cached(value, rdtype)
+
+
 def eps_for(dtype: torch.dtype, epsilon: float) -> float:
-    """Optimisers.jl's ``_eps(T, e)``: epsilon in ``T``, floored for float16.
+    """Optimisers.jl's ``_eps(T, e)``: epsilon as :func:`cast` gives it, floored for float16.
 
     For float16, ``0`` stays ``0`` and anything else becomes at least
     ``Float16(1e-7)`` (a subnormal, about 1.192e-7) so that the default 1e-8
-    does not underflow to zero.
+    does not vanish when a kernel adds it to zero and stores the float16 sum.
     """
-    rdtype = real_dtype(dtype)
-    if rdtype is torch.float16:
+    if real_dtype(dtype) is torch.float16:
         if epsilon == 0:
             return 0.0
-        return max(cast(1e-7, torch.float16), cast(epsilon, torch.float16))
-    return cast(epsilon, rdtype)
+        return max(round_to(1e-7, torch.float16), cast(epsilon, dtype))
+    return cast(epsilon, dtype)
 
 
 def check_real(name: str, rule: str, value: Any) -> Any:

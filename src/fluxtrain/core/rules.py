@@ -26,7 +26,7 @@ import dataclasses
 import math
 import warnings
 from collections.abc import Hashable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 
@@ -1375,6 +1375,9 @@ class MixedPrecision(AbstractRule):
     dtype: torch.dtype
     rule: AbstractRule
 
+    #: (its inner rule computes in ``dtype``; a 16-bit ``x`` is written from ``xT``)
+    opmath: ClassVar[bool] = False
+
     def __init__(self, *args: Any) -> None:
         if len(args) == 1:
             dtype, rule = torch.float32, args[0]
@@ -1450,6 +1453,9 @@ class OptimiserChain(AbstractRule):
     """
 
     opts: tuple[AbstractRule, ...]
+
+    #: (a whole-tree member makes apply_batched give the chain every dtype at once)
+    _mixed_dtypes: ClassVar[bool] = True
 
     def __init__(self, *opts: AbstractRule) -> None:
         for i, o in enumerate(opts):

@@ -84,6 +84,9 @@ class _WholeTreeRule(AbstractRule):
     leaf (a whole tree of one)."""
 
     whole_tree: ClassVar[bool] = True
+    #: scale the gradients in their own dtype, as ``torch.nn.utils.clip_grad_norm_`` does
+    #: (inside a chain on 16-bit parameters they get the chain's float32 gradients)
+    opmath: ClassVar[bool] = False
 
     def apply(self, state: State, x: torch.Tensor, dx: torch.Tensor) -> tuple[State, Step]:
         states, steps = self.apply_many([state], [x], [dx])
