@@ -1,6 +1,6 @@
-# Source: FluxML/model-zoo, other/bitstring-parity/xor1.jl (+ data.jl) @ ab152da35cc7acb43baeb5dc4af7a4c96f374165 (2020-04-30)
+# Source: FluxML/model-zoo, other/bitstring-parity/xor1.jl @ ab152da35cc7acb43baeb5dc4af7a4c96f374165 (2020-04-30)
 # URL: https://github.com/FluxML/model-zoo/blob/ab152da35cc7acb43baeb5dc4af7a4c96f374165/other/bitstring-parity/xor1.jl
-# Port: data.jl inlined (gendata with torch's generator); Flux's stateful LSTM/reset! as a small torch helper;
+# Port: data.jl (same commit) inlined (gendata with torch's generator); Flux's stateful LSTM/reset! as a small torch helper;
 #   sizes as in the original (LSTM(2, 20), 100 sequences, 20 epochs); throttle 10 s -> 1000 s (machine-speed independent output); `cd` dropped.
 from dataclasses import dataclass
 

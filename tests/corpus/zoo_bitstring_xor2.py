@@ -1,6 +1,6 @@
-# Source: FluxML/model-zoo, other/bitstring-parity/xor2.jl (+ data.jl) @ ab152da35cc7acb43baeb5dc4af7a4c96f374165 (2020-04-30)
+# Source: FluxML/model-zoo, other/bitstring-parity/xor2.jl @ ab152da35cc7acb43baeb5dc4af7a4c96f374165 (2020-04-30)
 # URL: https://github.com/FluxML/model-zoo/blob/ab152da35cc7acb43baeb5dc4af7a4c96f374165/other/bitstring-parity/xor2.jl
-# Port: data.jl inlined (gendata with torch's generator); Flux's stateful LSTM/reset! as a small torch helper;
+# Port: data.jl (same commit) inlined (gendata with torch's generator); Flux's stateful LSTM/reset! as a small torch helper;
 #   train_len 2000 -> 100, val_len 100 -> 20, epochs 30 -> 5, t50 on 20 strings instead of 1000; throttle 10 s -> 1000 s (machine-speed independent output); `cd` dropped.
 from dataclasses import dataclass
 

@@ -1,6 +1,6 @@
-# Source: FluxML/model-zoo, text/treebank/recursive.jl (+ data.jl) @ 2cb0e2cfe0e53c8be51df64a8b6db7946ba65660 (2021-01-19)
+# Source: FluxML/model-zoo, text/treebank/recursive.jl @ 2cb0e2cfe0e53c8be51df64a8b6db7946ba65660 (2021-01-19)
 # URL: https://github.com/FluxML/model-zoo/blob/2cb0e2cfe0e53c8be51df64a8b6db7946ba65660/text/treebank/recursive.jl
-# Port: Flux.Data.Sentiment treebank -> 24 random binary trees over a 12-token alphabet (labels 0:4 at every node);
+# Port: data.jl (same commit) inlined; Flux.Data.Sentiment treebank -> 24 random binary trees over a 12-token alphabet (labels 0:4 at every node);
 #   N 300 -> 8; Flux.Data.Tree as a small class; throttle 10 s -> 1000 s (machine-speed independent output).
 from dataclasses import dataclass
 
