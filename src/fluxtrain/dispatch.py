@@ -91,6 +91,16 @@ def train_(
     >>> w.tolist()
     [-0.1]
     """
+    if isinstance(data, (Params, AbstractOptimiser)) or isinstance(model, AbstractOptimiser):
+        what = "Params" if isinstance(data, Params) else "an old optimiser"
+        where = "2nd argument (model)" if isinstance(model, AbstractOptimiser) else \
+            "3rd argument (data)"
+        got = "an old optimiser" if isinstance(model, AbstractOptimiser) else what
+        raise TypeError(
+            f"train_: the {where} is {got}; did you swap the arguments? The order is "
+            "train_(loss, params(model), data, opt) (implicit) or "
+            "train_(loss, model, data, opt_state) (explicit)"
+        )
     _check_train_args(loss, data)
     if isinstance(model, Params):
         if isinstance(opt, AbstractOptimiser):
@@ -195,6 +205,14 @@ def update_(opt: Any, model: Any, grads: Any = _MISSING) -> Any:
     """
     if grads is _MISSING:
         return _subtract_deprecated(opt, model)
+    if isinstance(model, AbstractOptimiser) or (
+        isinstance(opt, AbstractOptimiser) and isinstance(grads, Params)
+    ):
+        raise TypeError(
+            f"update_({type(opt).__name__}, {type(model).__name__}, {type(grads).__name__}): "
+            "the arguments are in the wrong order; the implicit style is update_(opt, ps, gs) "
+            "with an old optimiser first, Params second and Grads third"
+        )
     if isinstance(opt, AbstractOptimiser):
         if isinstance(model, Params):
             if type(grads) is not Grads and _is_explicit_grads(grads):
@@ -424,6 +442,28 @@ def _takes_arguments(f: Callable[..., Any]) -> bool:
         return True
 
 
+_FUNCTIONS = (types.FunctionType, types.MethodType, types.BuiltinFunctionType)
+
+
+def _check_function_first(f: Any, args: tuple[Any, ...], name: str) -> None:
+    """``f`` not a function, or a model first and the function after it: a ``TypeError``."""
+    if not callable(f):
+        hint = " (did you swap them? the Params come second)" if isinstance(f, Params) else ""
+        raise TypeError(
+            f"{name}(f, *args): f (the 1st argument) must be the function to differentiate, "
+            f"got {type(f).__name__}, which is not callable{hint}; e.g. "
+            f"{name}(lambda m: loss(m, x), model)"
+        )
+    if isinstance(f, torch.nn.Module):
+        for i, a in enumerate(args):
+            if isinstance(a, _FUNCTIONS):
+                raise TypeError(
+                    f"{name}(f, *args): the 1st argument is an nn.Module "
+                    f"({type(f).__name__}) and argument {i + 1} a function; did you swap them? "
+                    f"The function comes first: {name}(lambda m: loss(m, x), model)"
+                )
+
+
 def _check_zero_arg_misuse(f: Callable[..., Any], args: tuple[Any, ...], name: str) -> None:
     """A function of no arguments given a model: the implicit style without Params."""
     if len(args) != 1 or not callable(f):
@@ -455,6 +495,7 @@ def gradient(f: Callable[..., Any], *args: Any) -> Any:
     if _is_implicit_call(args, "gradient"):
         _warn_implicit_gradient("gradient")
         return gradient_implicit(f, args[0])
+    _check_function_first(f, args, "gradient")
     _check_zero_arg_misuse(f, args, "gradient")
     return gradients.gradient_explicit(f, *args)
 
@@ -472,5 +513,6 @@ def withgradient(f: Callable[..., Any], *args: Any) -> Any:
     if _is_implicit_call(args, "withgradient"):
         _warn_implicit_gradient("withgradient")
         return withgradient_implicit(f, args[0])
+    _check_function_first(f, args, "withgradient")
     _check_zero_arg_misuse(f, args, "withgradient")
     return gradients.withgradient_explicit(f, *args)

@@ -259,7 +259,10 @@ def test_adjusting(inplace: bool) -> None:
     s3 = adj(copy.deepcopy(s1) if inplace else s1, eta=0.3, rho=0.7)
     assert s3["γ"].rule == Momentum(0.3, 0.7) and s3["α"][0].rule == Momentum(0.3, 0.7)
     assert torch.equal(s3["γ"].state, state_before)
-    s4 = adj(copy.deepcopy(s1) if inplace else s1, zeta="this does nothing")
+    # a field no rule of the tree has is a mistake, not a no-op (issue 22.7): nothing changes
+    s4 = copy.deepcopy(s1) if inplace else s1
+    with pytest.raises(ValueError, match="no rule in this state tree has the field 'zeta'"):
+        adj(s4, zeta="this does nothing")
     assert s4 == s1
     if not inplace:
         assert s1["γ"].rule == Momentum(0.1, 0.9)  # out of place left it alone

@@ -39,7 +39,10 @@ from typing import Any, overload
 
 import torch
 
+from fluxtrain.core.base import AbstractRule
 from fluxtrain.core.ops import add_grads
+from fluxtrain.optimisers.leaf import Leaf
+from fluxtrain.optimisers.tree import StateTree
 
 __all__ = ["params", "Params", "Grads", "collect_params"]
 
@@ -91,6 +94,12 @@ def _walk(x: object, out: Params, seen: set[int]) -> None:
     if id(x) in seen:
         return
     seen.add(id(x))
+    if type(x) is StateTree or type(x) is Leaf or isinstance(x, AbstractRule):
+        raise TypeError(
+            f"params(...) collects the parameters of a model, but was given a "
+            f"{type(x).__name__} (an optimiser state or rule from fluxtrain.optimisers); "
+            "pass the model itself: params(model)"
+        )
     if isinstance(x, Params):
         for p in x:
             out._push_one(p)

@@ -13,6 +13,7 @@ schedule starts at that step; an existing counter is always kept.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,12 @@ import torch
 from torch import nn
 
 from fluxtrain.core.base import AbstractRule
-from fluxtrain.core.rules import MixedPrecision, MixedPrecisionState, OptimiserChain
+from fluxtrain.core.rules import (
+    MixedPrecision,
+    MixedPrecisionState,
+    OptimiserChain,
+    WeightDecay,
+)
 from fluxtrain.core.schedules import ScheduledState, is_scheduled
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.interface import copy_tree
@@ -64,6 +70,13 @@ def _leaves(tree: Any, fname: str) -> list[Leaf]:
                 f"{s!r}. A rule is immutable: adjust(rule, ...) returns a new one, or "
                 f"{fname}(state, ...) changes the rules inside a state tree"
             )
+        elif hasattr(type(s), "__fluxtrain_translate__"):
+            raise TypeError(
+                f"`{fname}` acts on the state tree from `setup`, not on an old optimiser; got "
+                f"{type(s).__name__}. Change an old optimiser's field directly (opt.eta = 0.01), "
+                "or use the explicit style: opt_state = setup(opt, model), then "
+                f"{fname}(opt_state, ...)"
+            )
         else:
             raise TypeError(
                 f"`{fname}` must not be applied to a model, only to the state tree from "
@@ -81,8 +94,11 @@ def adjust_(tree: Any, eta: Any = None, *, member: int | type | None = None,
     A number sets the learning rate ``eta``; keywords set fields by their
     ASCII names (``beta=``, ``rho=``, ``delta=``, ``lambda_=`` for Julia's
     ``lambda``); they reach every member of an ``OptimiserChain`` and the rule
-    inside ``MixedPrecision``. Keywords that no rule has are ignored, as in
-    Optimisers.jl. Works on any part of a state tree. Returns ``None``.
+    inside ``MixedPrecision``. A rule that lacks a field ignores it (the
+    rule-level ``rule.adjust``, as in Optimisers.jl), but a field that NO rule
+    in the tree has is a mistake (a typo): ``ValueError`` naming it and the
+    fields that exist, and nothing changes (Optimisers.jl ignores it
+    silently). Works on any part of a state tree. Returns ``None``.
 
     ``member=k`` (a position, negative from the end) or ``member=RuleType``
     changes only that member of each leaf's ``OptimiserChain`` (looking through
@@ -105,7 +121,10 @@ def adjust_(tree: Any, eta: Any = None, *, member: int | type | None = None,
     >>> adjust_(st, 0.5)
     >>> st["w"].rule
     Momentum(eta=0.5, rho=0.9)
-    >>> adjust_(st, rho=0.8, no_such_field=1)
+    >>> adjust_(st, rho=0.8)
+    >>> adjust_(st, rho=0.7, no_such_field=1)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ValueError: adjust_: no rule in this state tree has the field 'no_such_field'; ...
     >>> st["w"].rule
     Momentum(eta=0.5, rho=0.8)
     """
@@ -115,11 +134,61 @@ def adjust_(tree: Any, eta: Any = None, *, member: int | type | None = None,
             "(adjust_(state, 0.01)) or keywords (adjust_(state, beta=(0.8, 0.99)))"
         )
     leaves = _leaves(tree, "adjust_")
+    _check_fields(leaves, eta, hyper, "adjust_")
     new_rules = _adjusted(leaves, lambda r: _adjust_rule(r, eta, hyper, member, "adjust_"))
     new_states = [_restate(leaf.rule, rule, leaf.state) for leaf, rule in zip(leaves, new_rules)]
     for leaf, rule, state in zip(leaves, new_rules, new_states):
         leaf.rule = rule
         leaf.state = state
+
+
+def _rule_fields(rule: Any) -> set[str] | None:
+    """The fields ``rule.adjust`` acts on (through chains and ``MixedPrecision``); ``None``
+    when they cannot be known (a user's rule with its own ``adjust``, not a dataclass)."""
+    if isinstance(rule, OptimiserChain):
+        out: set[str] = set()
+        for o in rule.opts:
+            f = _rule_fields(o)
+            if f is None:
+                return None
+            out |= f
+        return out
+    if isinstance(rule, MixedPrecision):
+        return _rule_fields(rule.rule)
+    t = type(rule)
+    if not dataclasses.is_dataclass(rule) or (
+        t.adjust is not AbstractRule.adjust and not t.__module__.startswith("fluxtrain.")
+    ):
+        return None
+    names = {f.name for f in dataclasses.fields(rule) if f.init}
+    if isinstance(rule, WeightDecay):
+        names.add("gamma")  # the deprecated name of lambda_ (adjust warns and renames it)
+    return names
+
+
+def _check_fields(leaves: list[Leaf], eta: Any, hyper: dict[str, Any], fname: str) -> None:
+    """A ``ValueError`` for a field that no rule under ``leaves`` has (nothing changed yet)."""
+    if not leaves:
+        return
+    asked = (["eta"] if eta is not None else []) + list(hyper)
+    have: set[str] = set()
+    seen: set[int] = set()
+    for leaf in leaves:
+        if id(leaf.rule) in seen:
+            continue
+        seen.add(id(leaf.rule))
+        f = _rule_fields(leaf.rule)
+        if f is None:
+            return  # a rule whose fields cannot be known may take anything
+        have |= f
+    missing = [k for k in asked if k not in have]
+    if missing:
+        s = "" if len(missing) == 1 else "s"
+        names = ", ".join(repr(k) for k in missing)
+        raise ValueError(
+            f"{fname}: no rule in this state tree has the field{s} {names}; its rules' fields "
+            f"are {', '.join(sorted(have)) or 'none'}. Nothing was changed"
+        )
 
 
 def _adjust_rule(rule: AbstractRule, eta: Any, hyper: dict[str, Any],
@@ -239,7 +308,8 @@ def adjust(tree: Any, eta: Any = None, *, member: int | type | None = None,
         )
     if isinstance(tree, AbstractRule):  # the rule-level adjust of Optimisers.jl
         return _adjust_rule(tree, eta, hyper, member, "adjust")
-    _leaves(tree, "adjust")  # refuse a model before copying it
+    # refuse a model, or a field no rule has, before copying
+    _check_fields(_leaves(tree, "adjust"), eta, hyper, "adjust")
     new = copy_tree(tree, {})
     adjust_(new, eta, member=member, **hyper)
     return new

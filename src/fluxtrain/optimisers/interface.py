@@ -218,6 +218,8 @@ def update_(state: Any, model: Any, grads: Any) -> tuple[Any, Any]:
     >>> m2[0].tolist(), m2[0] is m[0]
     ([-1.5, -1.3000000000000003], True)
     """
+    if isinstance(state, nn.Module) or isinstance(grads, nn.Module) or type(model) in _STATES:
+        _refuse_swapped(state, model, grads, "update_")
     is_module = T.kind(model) == T.MODULE
     flat = is_module and _is_flat_names(grads)
     step_plan = stepplan.lookup(state, model)
@@ -249,6 +251,30 @@ def update_(state: Any, model: Any, grads: Any) -> tuple[Any, Any]:
     elif step_plan is None:  # the structure is known good now: cache it for the next step
         stepplan.store(state, model, stepplan.build(state, model))
     return state, model
+
+
+_STATES = (StateTree, Leaf)
+_ORDER = "the order is {f}(opt_state, model, grads), with opt_state = setup(rule, model)"
+
+
+def _refuse_swapped(state: Any, model: Any, grads: Any, fname: str) -> None:
+    """Arguments of ``update_``/``update`` in the wrong places: a ``TypeError`` saying which."""
+    order = _ORDER.format(f=fname)
+    if isinstance(state, nn.Module):
+        raise TypeError(
+            f"{fname}(opt_state, model, grads): the first argument is an nn.Module "
+            f"({type(state).__name__}); did you swap opt_state and model? {order}"
+        )
+    if isinstance(grads, nn.Module):
+        raise TypeError(
+            f"{fname}(opt_state, model, grads): the third argument (grads) is an nn.Module "
+            f"({type(grads).__name__}); did you pass the model last? {order}"
+        )
+    raise TypeError(
+        f"{fname}(opt_state, model, grads): the second argument (model) is a "
+        f"{type(model).__name__}, part of a state or gradient tree, not a model; did you swap "
+        f"opt_state and model? {order}"
+    )
 
 
 def _commit_fused(leaves: list[Leaf], pending: list[plan.Pending]) -> None:
@@ -375,6 +401,12 @@ def _collect(st: Any, x: Any, g: Any, path: Any, enabled: bool, acc: _Step) -> N
         ent[3] = g
         return
     if k == T.OTHER or not enabled:
+        if type(x) is Leaf:
+            raise TypeError(
+                f"update_: the model has a Leaf (part of a state tree from setup) at "
+                f"{_where(path)}; did you swap opt_state and model? "
+                + _ORDER.format(f="update_")
+            )
         if type(st) is Leaf:
             raise _state_mismatch(path, f"the state has a Leaf but the model has {_describe(x)}")
         return
@@ -690,6 +722,8 @@ def update(state: Any, model: Any, grads: Any) -> tuple[Any, Any]:
     >>> st2[0].state.tolist(), st[0].state.tolist(), m[0].tolist()
     ([2.5, 3.3000000000000003], [0.0, 0.0], [1.0, 2.0])
     """
+    if isinstance(state, nn.Module) or isinstance(grads, nn.Module) or type(model) in _STATES:
+        _refuse_swapped(state, model, grads, "update")
     memo: dict[int, Any] = {}
     state2 = copy_tree(state, memo)
     model2 = copy_tree(model, memo)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from fluxtrain.core.base import AbstractRule
 from fluxtrain.optimisers import tree as T
+from fluxtrain.optimisers.leaf import Leaf
 
 __all__ = ["trainables"]
 
@@ -24,6 +26,12 @@ def trainables(model: Any, *, path: bool = False) -> list[Any]:
     >>> [p for p, _ in trainables(m4, path=True)]
     ["model['x']", "model['z']"]
     """
+    if type(model) is T.StateTree or type(model) is Leaf or isinstance(model, AbstractRule):
+        raise TypeError(
+            f"trainables(model) lists a model's parameters, but was given a "
+            f"{type(model).__name__} (an optimiser state tree from setup, or a rule); pass "
+            "the model itself"
+        )
     out: list[Any] = []
     seen: set[int] = set()
     _walk(model, None, True, out, seen, path)
