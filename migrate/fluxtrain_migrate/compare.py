@@ -25,8 +25,8 @@ Verdicts and exit status:
   (bit for bit with the default ``--tolerance 0``; otherwise every element
   within ``tol * (1 + |old|)``), losses equal where both scripts know them, and
   the final values equal; or, when neither script took a step (it trains by
-  hand, ``w -= lr * g``), the final values and stdout equal (``no optimisation steps traced; stdout IDENTICAL; final values of 4
-  tensor(s) IDENTICAL``);
+  hand, ``w -= lr * g``), the final values and stdout equal (``no optimisation
+  steps traced; stdout IDENTICAL; final values of 4 tensor(s) IDENTICAL``);
 * ``1`` diverged: the first differing step, which parameters differ and by how
   much (maximum absolute and relative difference, number of differing elements),
   or that one script took fewer steps than the other (none at all included),
