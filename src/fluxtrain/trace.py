@@ -352,11 +352,20 @@ def record_step(style: str, params: Iterable[Any], loss: Any | None) -> None:
 
 
 def _is_float_array(x: Any) -> bool:
-    if isinstance(x, torch.Tensor):
-        return x.is_floating_point() or x.is_complex()
-    if isinstance(x, np.ndarray):
-        return x.dtype.kind in "fc"
+    try:
+        if isinstance(x, torch.Tensor):
+            return (x.is_floating_point() or x.is_complex()) and x.layout == torch.strided
+        if isinstance(x, np.ndarray):
+            return x.dtype.kind in "fc"
+    except Exception:  # an uninitialised or exotic tensor subclass: not a value to record
+        return False
     return False
+
+
+def _key_text(k: Any, i: int) -> str:
+    if isinstance(k, (str, int, float, bool)) or k is None:
+        return repr(k)
+    return f"<{type(k).__name__} #{i}>"  # a tensor or object key: its repr may be huge
 
 
 def _is_fluxtrain_object(x: Any) -> bool:
@@ -396,8 +405,8 @@ def _global_tensors(namespace: Mapping[str, Any]) -> list[tuple[str, Any]]:
             return
         if isinstance(x, dict):
             entered.add(id(x))
-            for k, v in list(x.items()):
-                walk(f"{path}[{k!r}]", v, depth + 1)
+            for i, (k, v) in enumerate(list(x.items())):
+                walk(f"{path}[{_key_text(k, i)}]", v, depth + 1)
         elif isinstance(x, (list, tuple)):
             entered.add(id(x))
             for i, v in enumerate(list(x)[:FINAL_MAX_TENSORS]):
@@ -441,7 +450,10 @@ def record_final(namespace: Mapping[str, Any] | None = None) -> None:
         covered = {id(x) for _, x in named}
         tensors: list[dict[str, Any]] = []
         for name, x in named:
-            e = fingerprint(x, values=values, values_max=values_max)
+            try:
+                e = fingerprint(x, values=values, values_max=values_max)
+            except Exception:  # e.g. a tensor on a device that is gone: leave it out
+                continue
             e["name"] = name
             entry = _seen.get(id(x))
             if entry is not None:
@@ -452,7 +464,10 @@ def record_final(namespace: Mapping[str, Any] | None = None) -> None:
             x = ref() if isinstance(ref, weakref.ref) else ref
             if x is None or key in covered or len(tensors) >= FINAL_MAX_TENSORS:
                 continue
-            e = fingerprint(x, values=values, values_max=values_max)
+            try:
+                e = fingerprint(x, values=values, values_max=values_max)
+            except Exception:
+                continue
             e["id"] = int(n)
             tensors.append(e)
         line = json.dumps({"final": True, "tensors": tensors}, separators=(",", ":"))

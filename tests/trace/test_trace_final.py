@@ -164,3 +164,21 @@ def test_read_trace_keeps_steps_and_final_apart(tmp_path: Path) -> None:
     p.write_text('{"final": true}\n{"step": 1, "params": []}\n')
     with pytest.raises(ValueError, match="line 1 is a final record"):
         read_trace(p)
+
+
+def test_record_final_with_awkward_globals(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tensor keys are not spelled out; a sparse tensor or a meta tensor is left out."""
+    path = tmp_path / "t.jsonl"
+    monkeypatch.setenv(trace.TRACE_ENV, str(path))
+    key = torch.zeros(1000)
+    namespace = {
+        "velocity": {key: torch.ones(2)},
+        "sparse": torch.eye(3).to_sparse(),
+        "meta": torch.empty(2, device="meta"),
+        "w": torch.ones(1),
+    }
+    trace.record_final(namespace)
+    names = [e["name"] for e in _lines(path)[-1]["tensors"]]
+    assert names == ["velocity[<Tensor #0>]", "w"]
