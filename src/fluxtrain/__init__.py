@@ -14,12 +14,20 @@ Implicit style (Flux 0.13, deprecated, kept so old scripts run)::
 """
 
 from fluxtrain import checkpoint, distributed, optimise, optimisers, torch_optim
-from fluxtrain.dispatch import gradient, train_, update_, withgradient
+from fluxtrain.dispatch import gradient, pullback, train_, update_, withgradient
 from fluxtrain.errors import DomainError, FluxDeprecationWarning
 from fluxtrain.explicit import setup
 from fluxtrain.flat import FlatLayout, flatten_
-from fluxtrain.implicit.callbacks import epochs, skip, stop, throttle
-from fluxtrain.implicit.params import Grads, Params, params
+from fluxtrain.implicit.callbacks import (
+    early_stopping,
+    epochs,
+    patience,
+    plateau,
+    skip,
+    stop,
+    throttle,
+)
+from fluxtrain.implicit.params import Grads, Params, loadparams_, params
 from fluxtrain.optimise import *  # noqa: F403
 from fluxtrain.optimise import ClipValue as ClipGrad
 from fluxtrain.optimise import Optimiser as OptimiserChain
@@ -39,13 +47,18 @@ __all__ = [
     "update_",
     "gradient",
     "withgradient",
+    "pullback",
     "params",
     "Params",
     "Grads",
+    "loadparams_",
     "throttle",
     "stop",
     "skip",
     "epochs",
+    "patience",
+    "early_stopping",
+    "plateau",
     "adjust",
     "adjust_",
     "freeze_",

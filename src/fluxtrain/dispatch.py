@@ -29,12 +29,16 @@ import torch
 from fluxtrain import explicit, gradients
 from fluxtrain.core.base import AbstractRule, maywrite
 from fluxtrain.errors import external_stacklevel, warn_deprecated_external
-from fluxtrain.implicit.gradient import gradient_implicit, withgradient_implicit
+from fluxtrain.implicit.gradient import (
+    gradient_implicit,
+    pullback_implicit,
+    withgradient_implicit,
+)
 from fluxtrain.implicit.params import Grads, Params
 from fluxtrain.implicit.train import train_implicit, update_implicit
 from fluxtrain.optimise.optimisers import AbstractOptimiser
 
-__all__ = ["train_", "update_", "gradient", "withgradient"]
+__all__ = ["train_", "update_", "gradient", "withgradient", "pullback"]
 
 _MIGRATE = "`fluxtrain-migrate` rewrites old scripts to the explicit style"
 def _is_ndarray(x: object) -> bool:
@@ -516,3 +520,29 @@ def withgradient(f: Callable[..., Any], *args: Any) -> Any:
     _check_function_first(f, args, "withgradient")
     _check_zero_arg_misuse(f, args, "withgradient")
     return gradients.withgradient_explicit(f, *args)
+
+
+def pullback(f: Callable[..., Any], *args: Any) -> Any:
+    """Zygote's ``pullback``: ``(y, back)``, in either style; ``back(dy)`` may be called often.
+
+    Explicit: ``pullback(f, *args)``, ``back(dy)`` -> a tuple of gradient trees, one per
+    argument. Implicit (deprecated): ``pullback(f, ps)`` with ``f`` of no arguments,
+    ``back(dy)`` -> :class:`Grads` (the same object each call, as in Zygote: keep one
+    with ``.copy()``).
+
+    >>> import warnings, torch, fluxtrain
+    >>> warnings.simplefilter("ignore")
+    >>> w = torch.tensor([3.0])
+    >>> y, back = fluxtrain.pullback(lambda: (w * w).sum(), fluxtrain.Params([w]))
+    >>> y.item(), back(1.0)[w].tolist()
+    (9.0, [6.0])
+    >>> y, back = fluxtrain.pullback(lambda v: (v * v).sum(), w)
+    >>> back(1.0)
+    (tensor([6.]),)
+    """
+    if _is_implicit_call(args, "pullback"):
+        _warn_implicit_gradient("pullback")
+        return pullback_implicit(f, args[0])
+    _check_function_first(f, args, "pullback")
+    _check_zero_arg_misuse(f, args, "pullback")
+    return gradients.pullback_explicit(f, *args)

@@ -31,7 +31,10 @@ import torch
 from fluxtrain.optimisers import tree as T
 from fluxtrain.optimisers.tree import StateTree
 
-__all__ = ["gradient_explicit", "withgradient_explicit", "WithGradient", "mirror_gradient"]
+__all__ = [
+    "gradient_explicit", "withgradient_explicit", "pullback_explicit", "WithGradient",
+    "mirror_gradient",
+]
 
 
 class WithGradient(NamedTuple):
@@ -75,6 +78,61 @@ def withgradient_explicit(f: Any, *args: Any) -> WithGradient:
     else:
         val = out
     return WithGradient(val, grads)
+
+
+def pullback_explicit(f: Any, *args: Any) -> tuple[Any, Any]:
+    """Zygote's ``pullback(f, *args)``: ``(y, back)`` with ``back(dy)`` -> one gradient tree
+    per argument (as :func:`gradient_explicit` gives them).
+
+    ``f(*args)`` runs once, now; ``back(dy)`` (``dy`` of ``y``'s shape, ``1`` by
+    default) may be called many times; ``back(None)`` gives no gradients.
+
+    >>> import torch
+    >>> w = torch.tensor([3.0])
+    >>> y, back = pullback_explicit(lambda v: (v * v).sum(), w)
+    >>> y.item(), back(1.0), back(2.0)
+    (9.0, (tensor([6.]),), (tensor([12.]),))
+    """
+    firsts: dict[int, torch.Tensor] = {}
+    keep: list[Any] = []
+    numpy_tensors: dict[int, tuple[Any, Any]] = {}
+    for a in args:
+        _find(a, True, firsts, keep, numpy_tensors)
+    call_args = (
+        tuple(_substitute(a, numpy_tensors, {}) for a in args) if numpy_tensors else args
+    )
+    tensors = [t for t in firsts.values() if not t.is_inference()]
+    toggled = [t for t in tensors if not t.requires_grad]
+    try:
+        for t in toggled:
+            t.requires_grad_(True)
+        with torch.enable_grad():
+            out = f(*call_args)
+    finally:
+        for t in toggled:
+            t.requires_grad_(False)
+
+    def back(dy: Any = 1.0) -> tuple[Any, ...]:
+        gs: tuple[Any, ...] = (None,) * len(tensors)
+        if dy is not None and isinstance(out, torch.Tensor) and out.requires_grad and tensors:
+            seed = torch.as_tensor(dy, dtype=out.dtype, device=out.device)
+            if seed.shape != out.shape:
+                seed = seed.expand(out.shape)
+            try:
+                for t in toggled:
+                    t.requires_grad_(True)
+                gs = torch.autograd.grad(
+                    out, tensors, grad_outputs=seed, retain_graph=True, allow_unused=True
+                )
+            finally:
+                for t in toggled:
+                    t.requires_grad_(False)
+        by_id = {id(t): g for t, g in zip(tensors, gs)}
+        grads_of: dict[int, Any] = {key: by_id.get(id(t)) for key, t in firsts.items()}
+        seen: set[int] = set()
+        return tuple(_mirror_grad(a, True, grads_of, seen)[0] for a in args)
+
+    return (out.detach() if isinstance(out, torch.Tensor) else out), back
 
 
 def _differentiate(f: Any, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:

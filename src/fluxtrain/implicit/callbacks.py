@@ -1,7 +1,9 @@
-"""Callback helpers of Flux 0.13: ``throttle``, ``stop``, ``skip`` and ``epochs``.
+"""Callback helpers of Flux 0.13: ``throttle``, ``stop``, ``skip``, ``epochs`` and the
+patience helpers ``patience``, ``early_stopping``, ``plateau``.
 
-``throttle`` is not deprecated (it works in any loop). ``stop``/``skip`` and
-``epochs`` are: a plain ``for`` loop with ``break``/``continue`` replaces them.
+``throttle`` and the patience helpers are not deprecated (they work in any loop).
+``stop``/``skip`` and ``epochs`` are: a plain ``for`` loop with ``break``/``continue``
+replaces them.
 """
 
 from __future__ import annotations
@@ -17,7 +19,10 @@ from typing import Any
 
 from fluxtrain.errors import warn_deprecated
 
-__all__ = ["throttle", "stop", "skip", "epochs", "StopException", "SkipException", "runall"]
+__all__ = [
+    "throttle", "stop", "skip", "epochs", "StopException", "SkipException", "runall",
+    "patience", "early_stopping", "plateau",
+]
 
 _MIGRATE = "`fluxtrain-migrate` rewrites old scripts to the explicit style"
 
@@ -254,3 +259,104 @@ def _epochs(n: int) -> Iterator[int]:
     for i in range(1, n + 1):
         logger.info("Epoch %d", i)
         yield i
+
+
+# ---------------------------------------------------------------------------- patience helpers
+def patience(predicate: Callable[..., Any], wait: int) -> Callable[..., bool]:
+    """A function that is ``True`` once ``predicate`` held on ``wait`` calls in a row (Flux's).
+
+    Each call passes its arguments to ``predicate``; a true result counts up, a false one
+    resets the count. Not deprecated (it works in any loop).
+
+    >>> from fluxtrain import patience
+    >>> trigger = patience(lambda: True, 3)
+    >>> [trigger() for _ in range(3)]
+    [False, False, True]
+    """
+    if not callable(predicate):
+        raise TypeError(f"patience(predicate, wait): predicate must be callable, got "
+                        f"{type(predicate).__name__}")
+    _check_wait("patience", "wait", wait)
+    count = 0
+
+    def trigger(*args: Any, **kwargs: Any) -> bool:
+        nonlocal count
+        count = count + 1 if predicate(*args, **kwargs) else 0
+        return count >= wait
+
+    return trigger
+
+
+def _check_wait(fname: str, name: str, v: Any) -> None:
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral):
+        raise TypeError(f"{fname}: {name} must be a whole number of calls (1 <= {name}), got "
+                        f"{type(v).__name__} {v!r}")
+    if v < 1:
+        raise ValueError(f"{fname}: {name} must be a whole number of calls with 1 <= {name}, "
+                         f"got {v!r}")
+
+
+def early_stopping(
+    f: Callable[..., Any],
+    delay: int,
+    distance: Callable[[Any, Any], Any] = lambda best, score: best - score,
+    init_score: Any = 0,
+    min_dist: Any = 0,
+) -> Callable[..., bool]:
+    """Stop when a metric has not improved by ``min_dist`` for ``delay`` calls (Flux's).
+
+    Each call computes ``score = f(...)`` and ``d = distance(best, score)`` (by default
+    ``best - score``: a decreasing metric such as a loss); ``best`` becomes ``score``
+    unless ``d < 0``; the call returns ``True`` once ``d < min_dist`` held ``delay`` times
+    in a row. Keyword arguments as Flux's: ``distance``, ``init_score``, ``min_dist``.
+
+    >>> from fluxtrain import early_stopping
+    >>> es = early_stopping(lambda x: x, 2, init_score=10)
+    >>> [es(v) for v in (9, 8, 9, 9)]   # the last two are worse than the best, 8
+    [False, False, False, True]
+    """
+    if not callable(f) or not callable(distance):
+        raise TypeError("early_stopping(f, delay; distance=...): f and distance must be callable")
+    best = init_score
+
+    def improved_too_little(*args: Any, **kwargs: Any) -> bool:
+        nonlocal best
+        score = f(*args, **kwargs)
+        d = distance(best, score)
+        if not d < 0:
+            best = score
+        return bool(d < min_dist)
+
+    return patience(improved_too_little, delay)
+
+
+def plateau(
+    f: Callable[..., Any],
+    width: int,
+    distance: Callable[[Any, Any], Any] = lambda last, score: last - score,
+    init_score: Any = 0,
+    min_dist: Any = 1e-6,
+) -> Callable[..., bool]:
+    """Stop when a metric stayed within ``min_dist`` of its last value ``width`` times (Flux's).
+
+    Each call computes ``score = f(...)`` and ``d = |distance(last, score)|``; ``last``
+    becomes ``score``; the call returns ``True`` once ``d < min_dist`` held ``width``
+    times in a row (``min_dist`` defaults to Flux's ``1f-6``).
+
+    >>> from fluxtrain import plateau
+    >>> p = plateau(lambda x: x, 2, min_dist=0.5)
+    >>> [p(v) for v in (5, 5.1, 5.2, 7)]
+    [False, False, True, False]
+    """
+    if not callable(f) or not callable(distance):
+        raise TypeError("plateau(f, width; distance=...): f and distance must be callable")
+    last = init_score
+
+    def flat(*args: Any, **kwargs: Any) -> bool:
+        nonlocal last
+        score = f(*args, **kwargs)
+        d = abs(distance(last, score))
+        last = score
+        return bool(d < min_dist)
+
+    return patience(flat, width)

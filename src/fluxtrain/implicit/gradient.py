@@ -19,7 +19,7 @@ import torch
 
 from fluxtrain.implicit.params import Grads, Params
 
-__all__ = ["gradient_implicit", "withgradient_implicit", "ValueAndGrad"]
+__all__ = ["gradient_implicit", "withgradient_implicit", "pullback_implicit", "ValueAndGrad"]
 
 
 class ValueAndGrad(NamedTuple):
@@ -71,6 +71,10 @@ def withgradient_implicit(f: Callable[[], Any], ps: Params) -> ValueAndGrad:
     members = list(ps)
     changed: list[torch.Tensor] = []
     inputs: list[torch.Tensor] = []
+    # inside another implicit gradient's f: keep the graph of these gradients, so that the
+    # outer one differentiates through them (Zygote's nested, second-order gradients)
+    nested = _depth[0] > 0
+    _depth[0] += 1
     try:
         for p in members:
             if not (p.is_floating_point() or p.is_complex()):
@@ -88,11 +92,14 @@ def withgradient_implicit(f: Callable[[], Any], ps: Params) -> ValueAndGrad:
         grads: list[torch.Tensor | None]
         if isinstance(y, torch.Tensor) and y.requires_grad and inputs:
             grads = list(
-                torch.autograd.grad(y.reshape(()), inputs, allow_unused=True)  # type: ignore[arg-type]
+                torch.autograd.grad(  # type: ignore[arg-type]
+                    y.reshape(()), inputs, allow_unused=True, create_graph=nested
+                )
             )
         else:
             grads = [None] * len(inputs)
     finally:
+        _depth[0] -= 1
         for p in changed:
             p.requires_grad_(False)
     out = Grads({}, ps)
@@ -100,6 +107,69 @@ def withgradient_implicit(f: Callable[[], Any], ps: Params) -> ValueAndGrad:
         out[p] = g
     val = y.detach() if isinstance(y, torch.Tensor) else y
     return ValueAndGrad(val, out)
+
+
+_depth = [0]  # how many implicit gradients are running (nested ones keep their graph)
+
+
+def pullback_implicit(f: Callable[[], Any], ps: Params) -> tuple[Any, Callable[..., Grads]]:
+    """Zygote's implicit ``pullback(f, ps)``: ``(y, back)`` with ``back(dy) -> Grads``.
+
+    ``f()`` runs once, now; ``back(dy)`` differentiates its result seeded with ``dy``
+    (``1`` by default; ``y`` may be a tensor of any shape, ``dy`` then has its shape)
+    and may be called many times. As in Zygote, every call returns the SAME
+    :class:`Grads` object, overwritten (``back(None)`` sets every gradient to ``None``):
+    keep one with ``.copy()``.
+
+    >>> import torch
+    >>> from fluxtrain.implicit.params import Params
+    >>> w = torch.tensor([3.0])
+    >>> y, back = pullback_implicit(lambda: (w * w).sum(), Params([w]))
+    >>> y.item(), back(1.0)[w].tolist(), back(2.0)[w].tolist(), back(None)[w]
+    (9.0, [6.0], [12.0], None)
+    """
+    if not isinstance(ps, Params):
+        raise TypeError(f"pullback(f, ps): ps must be Params, got {type(ps).__name__}")
+    if not callable(f):
+        raise TypeError(f"pullback(f, ps): f must be a function of no arguments, got {f!r}")
+    inputs = [
+        p for p in ps
+        if (p.is_floating_point() or p.is_complex())
+        and not (isinstance(p, torch.nn.Parameter) and not p.requires_grad)
+    ]
+    changed = [p for p in inputs if p.is_leaf and not p.requires_grad]
+    try:
+        for p in changed:
+            p.requires_grad_(True)
+        with torch.enable_grad():
+            y = f()
+    finally:
+        for p in changed:
+            p.requires_grad_(False)
+    out = Grads({}, ps)
+
+    def back(dy: Any = 1.0) -> Grads:
+        for p in ps:
+            out[p] = None
+        if dy is None or not (isinstance(y, torch.Tensor) and y.requires_grad) or not inputs:
+            return out
+        seed = torch.as_tensor(dy, dtype=y.dtype, device=y.device)
+        if seed.shape != y.shape:
+            seed = seed.expand(y.shape)
+        try:
+            for p in changed:
+                p.requires_grad_(True)
+            gs = torch.autograd.grad(
+                y, inputs, grad_outputs=seed, retain_graph=True, allow_unused=True
+            )
+        finally:
+            for p in changed:
+                p.requires_grad_(False)
+        for p, g in zip(inputs, gs):
+            out[p] = g
+        return out
+
+    return (y.detach() if isinstance(y, torch.Tensor) else y), back
 
 
 def gradient_implicit(f: Callable[[], Any], ps: Params) -> Grads:

@@ -44,7 +44,7 @@ from fluxtrain.core.ops import add_grads
 from fluxtrain.optimisers.leaf import Leaf
 from fluxtrain.optimisers.tree import StateTree
 
-__all__ = ["params", "Params", "Grads", "collect_params"]
+__all__ = ["params", "Params", "Grads", "collect_params", "loadparams_"]
 
 _MIGRATE = "run `fluxtrain-migrate` to rewrite the script in the explicit style"
 
@@ -173,6 +173,47 @@ def params(*xs: object) -> Params:
         key="params",
     )
     return collect_params(*xs)
+
+
+def loadparams_(model: object, xs: Iterable[Any]) -> None:
+    """Copy the arrays ``xs`` into ``params(model)``, in order (Flux's deprecated ``loadparams!``).
+
+    Each array must have its parameter's shape ("Expected param size ..., got ...");
+    everything is checked before anything is copied. Deprecated: save and load
+    ``model.state_dict()`` instead (``model.load_state_dict(sd)``).
+
+    >>> import warnings, torch
+    >>> from fluxtrain import loadparams_
+    >>> warnings.simplefilter("ignore")
+    >>> lin = torch.nn.Linear(2, 1)
+    >>> loadparams_(lin, [torch.ones(1, 2), torch.zeros(1)])
+    >>> lin.weight.tolist(), lin.bias.tolist()
+    ([[1.0, 1.0]], [0.0])
+    """
+    from fluxtrain.errors import warn_deprecated
+
+    warn_deprecated(
+        "loadparams_(model, xs) is deprecated (Flux 0.13): save model.state_dict() and load "
+        f"it with model.load_state_dict(state_dict); {_MIGRATE}",
+        stacklevel=2,
+        key="loadparams_",
+    )
+    ps = list(collect_params(model))
+    new = [x if isinstance(x, torch.Tensor) else torch.as_tensor(x) for x in xs]
+    if len(new) != len(ps):
+        raise ValueError(
+            f"loadparams_(model, xs): the model has {len(ps)} parameters but xs has "
+            f"{len(new)} arrays"
+        )
+    for i, (p, x) in enumerate(zip(ps, new)):
+        if tuple(p.shape) != tuple(x.shape):
+            raise ValueError(
+                f"loadparams_(model, xs): Expected param size {tuple(p.shape)}, got "
+                f"{tuple(x.shape)} (parameter {i})"
+            )
+    with torch.no_grad():
+        for p, x in zip(ps, new):
+            p.copy_(x)
 
 
 class Params:
@@ -488,13 +529,18 @@ class Grads:
         for p in self.params:
             args = [_zeros_if_none(self[p], p)]
             for o in others:
+                if not isinstance(o, Grads) and p not in o:
+                    raise KeyError(
+                        f"Grads arithmetic: the dict has no entry for a parameter of shape "
+                        f"{tuple(p.shape)}; give one (or None) for every parameter"
+                    )
                 args.append(_zeros_if_none(o[p], p))
             with torch.no_grad():
                 out.append((p, f(*args)))
         return Grads(out, self.params)
 
     def __add__(self, other: object) -> Grads:
-        if isinstance(other, Grads):
+        if isinstance(other, (Grads, Mapping)):  # another Grads, or a dict keyed by tensor
             return self.map(add_grads, other)
         if isinstance(other, (int, float)):
             return self.map(lambda g: g + other)
@@ -504,11 +550,30 @@ class Grads:
         return self.__add__(other)
 
     def __sub__(self, other: object) -> Grads:
-        if isinstance(other, Grads):
+        if isinstance(other, (Grads, Mapping)):
             return self.map(lambda a, b: a - b, other)
         if isinstance(other, (int, float)):
             return self.map(lambda g: g - other)
         return NotImplemented
+
+    # in place (Zygote's ``gs .+= gs2``): this Grads object gets the result's entries
+    def _assign(self, result: Grads) -> Grads:
+        if result is NotImplemented:  # type: ignore[comparison-overlap]
+            return result
+        self._grads.update(result._grads)
+        return self
+
+    def __iadd__(self, other: object) -> Grads:
+        return self._assign(self.__add__(other))
+
+    def __isub__(self, other: object) -> Grads:
+        return self._assign(self.__sub__(other))
+
+    def __imul__(self, other: object) -> Grads:
+        return self._assign(self.__mul__(other))
+
+    def __itruediv__(self, other: object) -> Grads:
+        return self._assign(self.__truediv__(other))
 
     def __rsub__(self, other: object) -> Grads:
         if isinstance(other, (int, float)):
