@@ -165,3 +165,19 @@ def test_max_steps_leaves_the_final_values_out(
     out = capsys.readouterr().out
     assert code == 0, out
     assert "final values" not in out.split("IDENTICAL:", 1)[1]
+
+
+def test_verify_table_rows(tmp_path: Path) -> None:
+    """--verify's table says what was compared for these scripts too."""
+    import io
+
+    by_hand = _write(tmp_path, "basics.py", _BY_HAND.format(lr=0.1, message="done"))
+    steps = _write(tmp_path, "steps.py", _WITH_STEPS.format(after="pass"))
+    changed = _write(tmp_path, "changed.py", _WITH_STEPS.format(after="b += 1"))
+    out = io.StringIO()
+    code = compare.verify_pairs([(by_hand, by_hand), (steps, changed)], stream=out, details=False)
+    assert code == compare.EXIT_DIVERGED
+    rows = out.getvalue().splitlines()
+    assert rows[1].startswith(str(by_hand))
+    assert rows[1].endswith("no traced steps; stdout and final values of 4 tensor(s) equal")
+    assert rows[2].startswith(str(steps)) and rows[2].endswith("diverged after the last step")
