@@ -434,8 +434,8 @@ def record_final(namespace: Mapping[str, Any] | None = None) -> None:
     path = os.environ.get(TRACE_ENV)
     if not path:
         return
-    if _is_nonzero_rank():
-        return
+    if _is_nonzero_rank() or os.environ.get("RANK", "0") not in ("", "0"):
+        return  # at exit the process group may be gone: torchrun's RANK still says who we are
     import multiprocessing
 
     if multiprocessing.parent_process() is not None:

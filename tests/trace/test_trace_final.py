@@ -182,3 +182,17 @@ def test_record_final_with_awkward_globals(
     trace.record_final(namespace)
     names = [e["name"] for e in _lines(path)[-1]["tensors"]]
     assert names == ["velocity[<Tensor #0>]", "w"]
+
+
+def test_no_final_record_from_a_nonzero_rank(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under torchrun each rank exits on its own, after its process group is gone."""
+    path = tmp_path / "t.jsonl"
+    monkeypatch.setenv(trace.TRACE_ENV, str(path))
+    monkeypatch.setenv("RANK", "1")
+    trace.record_final({"w": torch.ones(2)})
+    assert not path.exists()
+    monkeypatch.setenv("RANK", "0")
+    trace.record_final({"w": torch.ones(2)})
+    assert [e["name"] for e in _lines(path)[-1]["tensors"]] == ["w"]
