@@ -9,11 +9,12 @@ observes the model, so training is the same).
 Run:  python examples/autoencoder_epochs.py
 """
 
+import math
+
 import torch
 from sklearn.datasets import load_digits
 
-from fluxtrain import DomainError, setup, update_, withgradient, throttle, train_
-import math
+from fluxtrain import DomainError, setup, throttle, update_, withgradient
 from fluxtrain.optimisers import Nesterov
 
 torch.manual_seed(6)
@@ -39,11 +40,11 @@ opt_state = setup(Nesterov(0.1, 0.9), model)
 evalcb = throttle(report, 0.5)
 
 for epoch in range(1, 12 + 1):
-    for i_1, d in enumerate(batches, 1):
-        args = d if isinstance(d, tuple) else (d,)
+    for batch in batches:
+        args = batch if isinstance(batch, (tuple, list)) else (batch,)
         val, grads = withgradient(lambda m: loss(m, *args), model)
         if not math.isfinite(val):
-            raise DomainError(f"Loss is {val} on data item {i_1}, stopping training")
+            raise DomainError(f"Loss is {val}, stopping training")
         update_(opt_state, model, grads[0])
         evalcb()
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import fluxtrain
-from fluxtrain import AdamW, train_
+from fluxtrain import train_
 
 x = torch.randn(256, 10)
 w = torch.randn(10, 1)

@@ -18,11 +18,12 @@ replacement; ``fluxtrain-migrate`` rewrites this file to the explicit style.
 Run: ``python examples/linear_regression.py`` (a few seconds).
 """
 
+import math
+
 import torch
 
 import fluxtrain
-from fluxtrain import Descent, throttle, train_
-import math
+from fluxtrain import throttle, train_
 
 torch.manual_seed(0)
 
@@ -51,11 +52,10 @@ def evalcb():
 
 cb = throttle(evalcb, 1)
 for epoch in range(1, 200 + 1):
-    for i, d in enumerate([(x_train, y_train)], 1):
-        args = d if isinstance(d, tuple) else (d,)
-        val, grads = fluxtrain.withgradient(lambda m: loss(m, *args), predict)
+    for x, y in [(x_train, y_train)]:
+        val, grads = fluxtrain.withgradient(lambda m: loss(m, x, y), predict)
         if not math.isfinite(val):
-            raise fluxtrain.DomainError(f"Loss is {val} on data item {i}, stopping training")
+            raise fluxtrain.DomainError(f"Loss is {val}, stopping training")
         fluxtrain.update_(opt_state, predict, grads[0])
         cb()
 

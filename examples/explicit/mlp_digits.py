@@ -8,13 +8,14 @@ Flux's old model zoo.
 Run:  python examples/mlp_digits.py
 """
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.datasets import load_digits
 
-from fluxtrain import DomainError, setup, update_, withgradient, train_
-import math
+from fluxtrain import DomainError, setup, update_, withgradient
 from fluxtrain.optimisers import Adam
 
 torch.manual_seed(0)
@@ -55,11 +56,10 @@ def evalcb():
         return "stop"
 
 
-for i_1, d in enumerate(batches * 10, 1):
-    args = d if isinstance(d, tuple) else (d,)
-    val, grads = withgradient(lambda m: loss(m, *args), model)
+for x, y in batches * 10:
+    val, grads = withgradient(lambda m: loss(m, x, y), model)
     if not math.isfinite(val):
-        raise DomainError(f"Loss is {val} on data item {i_1}, stopping training")
+        raise DomainError(f"Loss is {val}, stopping training")
     update_(opt_state, model, grads[0])
     signal = evalcb()
     if signal == "stop":

@@ -17,8 +17,9 @@ from libcst.metadata import (
     ScopeProvider,
 )
 
+from fluxtrain_migrate.groups import Groups
 from fluxtrain_migrate.names import FLUXTRAIN_ALL, OPTIMISE_ALL
-from fluxtrain_migrate.report import marker_text
+from fluxtrain_migrate.report import MARKERS, marker_text
 
 STATEMENTS = (cst.SimpleStatementLine, cst.BaseCompoundStatement)
 
@@ -33,7 +34,13 @@ class Context:
     drop_imports: set[str] = field(default_factory=set)
     maybe_unused: set[str] = field(default_factory=set)
     rewritten_losses: set[str] = field(default_factory=set)
+    #: train_ losses that keep reading the global model (train_ gets a wrapper lambda)
+    closure_losses: set[str] = field(default_factory=set)
     blocked: set[str] = field(default_factory=set)
+    #: groups left alone (``groups.Groups`` keys); statements touching them are not changed
+    excluded: set[str] = field(default_factory=set)
+    #: markers raised in a group: (the group's keys, code, reason, the statement's text)
+    blocking: list[tuple[frozenset[str], str, str, str]] = field(default_factory=list)
 
     def need_import(self, module: str, obj: str | None) -> None:
         """Ask the import rule to add ``from module import obj`` (or ``import module``)."""
@@ -67,6 +74,27 @@ class Stage:
                         elif mod == "fluxtrain.optimise":
                             self.star |= OPTIMISE_ALL
         self.style = Emitter.for_module(module)
+        self._groups: Groups | None = None
+        self.protected: dict[int, set[str]] = {}
+
+    @property
+    def groups(self) -> Groups:
+        """The data-flow groups of this tree (computed on first use)."""
+        if self._groups is None:
+            self._groups = Groups(self)
+        return self._groups
+
+    def protect(self, excluded: set[str]) -> None:
+        """Leave every statement of the groups holding ``excluded``'s keys as it is."""
+        self.protected = self.groups.protected_statements(excluded) if excluded else {}
+
+    def is_protected(self, node: cst.CSTNode) -> bool:
+        """Is ``node`` inside a statement that must not change?"""
+        if not self.protected:
+            return False
+        if id(node) in self.protected:
+            return True
+        return any(id(a) in self.protected for a in self.ancestors(node))
 
     # -- metadata helpers ---------------------------------------------------------
     def qnames(self, node: cst.CSTNode) -> set[str]:
@@ -251,7 +279,8 @@ class Rule(cst.CSTTransformer):
         self._pending: dict[int, list[str]] = {}
 
     def run(self) -> cst.Module:
-        """Apply this rule to the stage's tree."""
+        """Apply this rule to the stage's tree (groups in ``ctx.excluded`` untouched)."""
+        self.stage.protect(self.ctx.excluded)
         self.prepare()
         return self.stage.module.visit(self)
 
@@ -259,20 +288,45 @@ class Rule(cst.CSTTransformer):
         """Analysis before the rewrite (override)."""
 
     def change(self, node: cst.CSTNode, message: str) -> None:
+        if self.stage.is_protected(node):
+            return
         line, col = self.stage.position(node)
         self.ctx.changes.append((self.RULE_ID, line, col, message))
 
     def mark(self, node: cst.CSTNode, mcode: str, detail: str | None = None) -> None:
-        """Leave ``# TODO(fluxtrain-migrate FMxxx)`` above the statement holding ``node``."""
+        """Block the group of the statement holding ``node`` (the engine then leaves that
+        whole group alone, under one marker); a statement outside every group gets
+        ``# TODO(fluxtrain-migrate FMxxx)`` above it."""
         stmt = self.stage.statement_of(node)
-        if stmt is None:
+        if stmt is None or self.stage.is_protected(stmt):
+            return
+        groups = self.stage.groups
+        keys = groups.statement_keys(stmt)
+        if isinstance(stmt, cst.FunctionDef | cst.ClassDef):
+            own = groups.key_of_def(stmt)
+            if own is not None and own in groups.entities:
+                keys.add(own)
+        if keys:
+            reason = detail or MARKERS[mcode]
+            bare = stmt.with_changes(leading_lines=[]) if hasattr(stmt, "leading_lines") else stmt
+            text = code(bare).strip()
+            first = text.splitlines()[0] if text else ""
+            self.ctx.blocking.append(
+                (frozenset(groups.component(keys)), mcode, reason, first))
             return
         text = marker_text(mcode, detail)
         lst = self._pending.setdefault(id(stmt), [])
         if text not in lst:
             lst.append(text)
 
+    def on_visit(self, node: cst.CSTNode) -> bool:
+        if id(node) in self.stage.protected:
+            return False
+        return super().on_visit(node)
+
     def on_leave(self, original_node: Any, updated_node: Any) -> Any:
+        if id(original_node) in self.stage.protected:
+            return original_node
         result = super().on_leave(original_node, updated_node)
         texts = self._pending.get(id(original_node))
         if texts and isinstance(result, STATEMENTS):

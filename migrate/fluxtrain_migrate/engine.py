@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import difflib
 import re
+from typing import Any
 
 import libcst as cst
 
-from fluxtrain_migrate.common import Context, Stage
-from fluxtrain_migrate.report import MARKER_PREFIX, Change, FileResult, Marker
+from fluxtrain_migrate.common import Context, Stage, add_comments
+from fluxtrain_migrate.report import (
+    MARKER_PREFIX,
+    MARKERS,
+    Change,
+    FileResult,
+    Marker,
+    marker_text,
+)
 from fluxtrain_migrate.transforms import DEPENDS, RULES
 
 ALL_RULE_IDS: list[str] = [r.RULE_ID for r in RULES]
@@ -107,17 +115,25 @@ def migrate_bytes(
                         "file left unchanged (migrate it by hand)")
         return result
     enabled = rules if rules is not None else set(ALL_RULE_IDS)
-    ctx = Context(path=path)
-    original_lines = module.code.splitlines()
+    original = module
+    excluded: set[str] = set()
+    reasons: list[tuple[frozenset[str], str, str, str]] = []
     try:
-        for rule_cls in RULES:
-            if rule_cls.RULE_ID not in enabled:
-                continue
-            stage = Stage(module)
-            before = len(ctx.changes)
-            new_module = rule_cls(stage, ctx).run()
-            _map_positions(ctx, before, original_lines, module.code.splitlines(), path, result)
-            module = new_module
+        # all or nothing per data-flow group: a group that any rule could not convert is
+        # left exactly as it was, and the rules run again without it, until none is blocked
+        for _attempt in range(8):
+            ctx = Context(path=path, excluded=set(excluded))
+            result.changes.clear()
+            module = _run_rules(original, enabled, ctx, path, result)
+            new_keys = set().union(*(keys for keys, *_ in ctx.blocking)) - excluded
+            reasons.extend(b for b in ctx.blocking if b not in reasons)
+            if not new_keys:
+                break
+            excluded |= new_keys
+        else:
+            raise RuntimeError("the data-flow groups did not settle")
+        if excluded:
+            module = _mark_groups(module, excluded, reasons)
     except Exception as e:  # noqa: BLE001 - a rule crash is reported, the file left alone
         result.error = f"{path}:1:1: internal error in the codemod: {type(e).__name__}: {e}"
         result.changes.clear()
@@ -139,6 +155,88 @@ def migrate_bytes(
     result.changed = new != data
     result.markers = find_markers(module.code, path)
     return result
+
+
+def _run_rules(module: cst.Module, enabled: set[str], ctx: Context, path: str,
+               result: FileResult) -> cst.Module:
+    """Every enabled rule once, in order, each on a fresh stage of the previous result."""
+    original_lines = module.code.splitlines()
+    for rule_cls in RULES:
+        if rule_cls.RULE_ID not in enabled:
+            continue
+        stage = Stage(module)
+        before = len(ctx.changes)
+        new_module = rule_cls(stage, ctx).run()
+        _map_positions(ctx, before, original_lines, module.code.splitlines(), path, result)
+        module = new_module
+    return module
+
+
+def _mark_groups(module: cst.Module, excluded: set[str],
+                 reasons: list[tuple[frozenset[str], str, str, str]]) -> cst.Module:
+    """One marker per group left alone, above the group's first statement."""
+    stage = Stage(module)
+    groups = stage.groups
+    firsts: dict[int, list[str]] = {}
+    for comp in groups.components():
+        if not comp & excluded:
+            continue
+        protected = groups.protected_statements(comp)
+        stmts = [n for n in _statements_by_id(module, set(protected))]
+        if not stmts:
+            continue
+        first = min(stmts, key=stage.position)
+        why = [r for r in reasons if r[0] & comp]
+        firsts.setdefault(id(first), []).append(group_marker(comp, why))
+    return module.visit(_Commenter(firsts))
+
+
+_CAUSE_ORDER = ["FM110", "FM106", "FM105", "FM104", "FM109", "FM102", "FM103", "FM101",
+                "FM111", "FM108", "FM107"]
+
+
+def group_marker(comp: set[str], why: list[tuple[frozenset[str], str, str, str]]) -> str:
+    """``# TODO(fluxtrain-migrate FMxxx): <names> left in the implicit style: <why>``."""
+    names = sorted({k.split(":", 1)[1] for k in comp if k.startswith(":")}) or sorted(
+        {k.split(":", 1)[1] for k in comp})
+    shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
+    # the cause first: a specific reason, then the codes nearest the cause (a gradient
+    # that cannot be converted blocks its optimiser too, not the other way round)
+    why = sorted(why, key=lambda r: (r[2] == MARKERS.get(r[1]), _CAUSE_ORDER.index(r[1])
+                                     if r[1] in _CAUSE_ORDER else len(_CAUSE_ORDER)))
+    mcode = why[0][1] if why else "FM111"
+    seen: list[str] = []
+    for _keys, _code, reason, where in why:
+        text = f"`{where}`: {reason}" if where else reason
+        if text not in seen:
+            seen.append(text)
+    detail = seen[0] if seen else MARKERS["FM111"]
+    return marker_text(mcode, f"{shown} left in the implicit style, all together so that "
+                       f"the script still runs: {detail}")
+
+
+def _statements_by_id(module: cst.Module, ids: set[int]) -> list[cst.CSTNode]:
+    found: list[cst.CSTNode] = []
+
+    class _V(cst.CSTVisitor):
+        def on_visit(self, node: cst.CSTNode) -> bool:
+            if id(node) in ids:
+                found.append(node)
+            return True
+
+    module.visit(_V())
+    return found
+
+
+class _Commenter(cst.CSTTransformer):
+    def __init__(self, texts: dict[int, list[str]]) -> None:
+        super().__init__()
+        self.texts = texts
+
+    def on_leave(self, original_node: Any, updated_node: Any) -> Any:
+        result = super().on_leave(original_node, updated_node)
+        texts = self.texts.get(id(original_node))
+        return add_comments(result, texts) if texts else result
 
 
 def _first_difference(a: bytes, b: bytes) -> int:

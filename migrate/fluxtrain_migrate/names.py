@@ -21,7 +21,8 @@ FLUXTRAIN_ALL: frozenset[str] = frozenset(
     """optimise optimisers setup train_ update_ gradient withgradient params Params
     Grads throttle stop skip epochs adjust adjust_ freeze_ thaw_ trainables Leaf
     DomainError FluxDeprecationWarning OptimiserChain ClipGrad checkpoint distributed
-    torch_optim flatten_ FlatLayout""".split()
+    torch_optim flatten_ FlatLayout pullback loadparams_ early_stopping patience
+    plateau""".split()
 ) | OLD_OPTIMISERS
 
 #: New-style rules of ``fluxtrain.optimisers`` the codemod may emit.
@@ -78,6 +79,8 @@ IMPLICIT_ERA: dict[str, str] = {
     "skip": "FM005",
     "epochs": "FM006",
     "Params": "FM110",
+    "loadparams_": "FM110",
+    "pullback": "FM105",
     "Grads": "FM110",
     "AbstractOptimiser": "FM110",
     **{n: "FM004" for n in OLD_OPTIMISERS if n != "AbstractOptimiser"},
@@ -89,5 +92,5 @@ IMPLICIT_ERA: dict[str, str] = {
 KEPT: frozenset[str] = frozenset(
     """optimise optimisers setup adjust adjust_ freeze_ thaw_ trainables Leaf DomainError
     FluxDeprecationWarning throttle checkpoint distributed torch_optim flatten_
-    FlatLayout""".split()
+    FlatLayout early_stopping patience plateau""".split()
 )

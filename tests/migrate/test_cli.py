@@ -109,7 +109,8 @@ def test_report_text(tree, tmp_path):
     lines = rep.read_text().splitlines()
     assert f"{tree / 'train.py'}:6:1: FM001 ps = params(model) removed (uses now take the model)" \
         in lines
-    assert any(line.startswith(f"{tree / 'marked.py'}:15:1: FM101 TODO implicit Params")
+    # one marker for the whole group, above its first statement (the model)
+    assert any(line.startswith(f"{tree / 'marked.py'}:4:1: FM101 TODO gs, loss, model")
                for line in lines)
 
 
@@ -121,7 +122,7 @@ def test_report_json(tree, tmp_path):
     assert data["summary"] == {"files": 3, "changed": 2, "markers": 1, "failed": 0}
     files = {Path(f["path"]).name: f for f in data["files"]}
     assert files["marked.py"]["markers"][0]["code"] == "FM101"
-    assert files["marked.py"]["markers"][0]["line"] == 15
+    assert files["marked.py"]["markers"][0]["line"] == 4
     rules = {c["rule"] for c in files["train.py"]["changes"]}
     assert rules == {"FM001", "FM002", "FM003", "FM004"}
     assert files["plain.py"]["changed"] is False
@@ -152,7 +153,8 @@ def test_markers_exit_code_and_listing(tree, capsys):
     (tree / "marked.py").write_bytes(MARKED)
     assert main([str(tree / "marked.py")]) == EXIT_CHANGES | EXIT_MARKERS
     out = capsys.readouterr().out
-    assert f"{tree / 'marked.py'}:15:1: FM101 implicit Params used here" in out
+    assert f"{tree / 'marked.py'}:4:1: FM101 gs, loss, model, opt, ps, ... left in the implicit " \
+        "style" in out
 
 
 def test_all_bits_together(tree):

@@ -113,4 +113,6 @@ def test_markers_are_reported_with_output_positions():
     assert [m.code for m in result.markers] == ["FM101"]
     m = result.markers[0]
     assert out[m.line - 1].startswith("# TODO(fluxtrain-migrate FM101)")
-    assert out[m.line] == "save_all(ps)"
+    # the group's one marker sits above its first statement and names what blocked it
+    assert out[m.line] == "model = torch.nn.Linear(2, 1)"
+    assert "`save_all(ps)`: implicit Params used here" in out[m.line - 1]

@@ -109,9 +109,11 @@ class GradientRule(Rule):
                 continue
             pname = _param_name(lam)
             reads = model_accesses(st, model)
-            for n in _names_in(lam.body):
-                if id(n) in reads:
-                    self.reads[id(n)] = pname
+            hits = [n for n in _names_in(lam.body) if id(n) in reads]
+            if not hits:
+                pname = "_"  # the body closes over the global model (the same object)
+            for n in hits:
+                self.reads[id(n)] = pname
             self.convert[id(c)] = (model, pname)
 
     def _old_updates(self, gs: cst.Name) -> list[cst.CSTNode]:

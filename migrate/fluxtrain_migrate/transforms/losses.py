@@ -30,7 +30,9 @@ class LossRule(Rule):
         self.fn_model: dict[int, str] = {}  # function node id -> model name
         self.model_reads: dict[int, str] = {}  # Name id -> replacement param
         self.call_args: dict[int, str] = {}  # Call id -> first argument to insert
-        fns: dict[str, tuple[_Fn, cst.Name]] = {}  # name -> (function node, binding name node)
+        self._nodes: dict[int, _Fn] = {}  # function node id -> node
+        fns: list[tuple[str, _Fn, cst.Name]] = []  # (name, function node, binding name)
+        by_binding: dict[int, _Fn] = {}  # id(the binding's scope node) -> function
         sites: list[tuple[cst.CSTNode, cst.Name, bool]] = []  # (fn-ish, model, always)
         calls: list[cst.Call] = []
 
@@ -39,13 +41,15 @@ class LossRule(Rule):
                 calls.append(node)
 
             def visit_FunctionDef(inner, node: cst.FunctionDef) -> None:  # noqa: N805
-                fns.setdefault(node.name.value, (node, node.name))
+                fns.append((node.name.value, node, node.name))
+                by_binding[id(node)] = node
 
             def visit_Assign(inner, node: cst.Assign) -> None:  # noqa: N805
                 if (len(node.targets) == 1 and isinstance(node.targets[0].target, cst.Name)
                         and isinstance(node.value, cst.Lambda)):
                     tgt = node.targets[0].target
-                    fns.setdefault(tgt.value, (node.value, tgt))
+                    fns.append((tgt.value, node.value, tgt))
+                    by_binding[id(tgt)] = node.value
 
         st.module.visit(_V())
         for c in calls:
@@ -62,18 +66,16 @@ class LossRule(Rule):
                         sites.append((pos[0].value, info.model, True))
         if not sites:
             return
-        # resolve a called Name to one of the module's functions (not shadowed)
+
+        # a called Name resolves, by scope, to the one function it binds (two functions
+        # may share a name in different scopes)
         def target(name: cst.Name) -> _Fn | None:
-            ent = fns.get(name.value)
-            if ent is None or st.fq(name) is not None:
+            if st.fq(name) is not None:
                 return None
             assigns = st.assignments(name)
             if len(assigns) != 1:
                 return None
-            node = getattr(assigns[0], "node", None)
-            if node is ent[0] or node is ent[1]:
-                return ent[0]
-            return None
+            return by_binding.get(id(getattr(assigns[0], "node", None)))
 
         def callees(node: cst.CSTNode) -> list[tuple[cst.Call, _Fn]]:
             out: list[tuple[cst.Call, _Fn]] = []
@@ -88,6 +90,8 @@ class LossRule(Rule):
             node.visit(_C())
             return out
 
+        closure: set[str] = set()  # models whose functions keep reading the global
+        train_losses: dict[str, list[cst.CSTNode]] = {}  # model -> train_ losses
         for start, model, always in sites:
             reads = model_accesses(st, model)
 
@@ -109,19 +113,17 @@ class LossRule(Rule):
 
             todo: list[_Fn] = []
             if always:
+                train_losses.setdefault(model.value, []).append(start)
                 if isinstance(start, cst.Name):
                     t = target(start)
                     if t is None:
-                        self.mark(start, "FM104", "cannot find the loss function of this "
-                                  "train_: give it the model as first parameter")
-                        self.ctx.blocked.add(model.value)
+                        closure.add(model.value)
                         continue
                     todo.append(t)
                 elif isinstance(start, cst.Lambda):
                     todo.append(start)
                 else:
-                    self.mark(start, "FM104")
-                    self.ctx.blocked.add(model.value)
+                    closure.add(model.value)
                     continue
             else:
                 todo.extend(t for _c, t in callees(start) if reads_model(t, set()))
@@ -129,40 +131,60 @@ class LossRule(Rule):
                 fn = todo.pop()
                 if id(fn) in self.fn_param:
                     if self.fn_model[id(fn)] != model.value:
-                        self.mark(fn, "FM104")
-                        self.ctx.blocked.add(model.value)
+                        # one function used with two models: both keep the global form
+                        closure |= {model.value, self.fn_model[id(fn)]}
                     continue
                 self.fn_param[id(fn)] = _param_name(fn)
                 self.fn_model[id(fn)] = model.value
+                self._nodes[id(fn)] = fn
                 for n in _names_in(fn):
                     if id(n) in reads:
                         self.model_reads[id(n)] = self.fn_param[id(fn)]
                 todo.extend(t for _c, t in callees(fn) if reads_model(t, set()))
-        # every reference of a rewritten function must be a call or a train_ loss
-        by_id = {id(fn): (name, fn) for name, (fn, _b) in fns.items()}
+        # every reference of a rewritten function must be a call or a train_ loss; a
+        # function passed around as a value keeps its signature, and so does every other
+        # function of its model (the explicit code then closes over the global model,
+        # which is the same object: ``gradient(lambda _: loss(x, y), model)``)
+        by_id = {id(fn): (name, binding) for name, fn, binding in fns}
+        pending: list[tuple[cst.Call, int]] = []  # (call, id of the function it calls)
+        losses_of: dict[str, set[str]] = {}
         for fid in list(self.fn_param):
             if fid not in by_id:
                 continue
-            name, fn = by_id[fid]
-            binding = fns[name][1]
+            name, binding = by_id[fid]
+            model_name = self.fn_model[fid]
             for a in st.assignments(binding):
                 for ref in a.references:
                     node = ref.node
                     p = st.parent_of(node)
                     if isinstance(p, cst.Call) and p.func is node:
-                        self.call_args[id(p)] = self._arg_for(p, self.fn_model[fid])
+                        pending.append((p, fid))
                         continue
                     q = st.parent_of(p) if p is not None else None
                     if (isinstance(p, cst.Arg) and isinstance(q, cst.Call)
                             and converts_train(st, q) and positional(q)[:1] == [p]):
-                        self.ctx.rewritten_losses.add(name)
+                        losses_of.setdefault(model_name, set()).add(name)
                         continue
-                    self.mark(node, "FM104")
-        for fid in self.fn_param:
-            if fid in by_id:
-                continue
-            # an inline lambda given to train_
-            self.ctx.rewritten_losses.add("<lambda>")
+                    closure.add(model_name)
+        for fid in [f for f, mdl in self.fn_model.items() if mdl in closure]:
+            del self.fn_param[fid]
+            for n in _names_in(self._nodes[fid]):
+                self.model_reads.pop(id(n), None)
+        for mdl in closure:
+            for loss in train_losses.get(mdl, []):
+                if isinstance(loss, cst.Lambda):
+                    self.fn_param[id(loss)] = "_"  # train_ passes the model first
+                    self.ctx.rewritten_losses.add("<lambda>")
+                elif isinstance(loss, cst.Name):
+                    self.ctx.closure_losses.add(loss.value)
+        for call, fid in pending:
+            if fid in self.fn_param:
+                self.call_args[id(call)] = self._arg_for(call, self.fn_model[fid])
+        for mdl, names in losses_of.items():
+            if mdl not in closure:
+                self.ctx.rewritten_losses |= names
+        if any(fid not in by_id for fid in self.fn_param):
+            self.ctx.rewritten_losses.add("<lambda>")  # an inline lambda given to train_
 
     def _arg_for(self, call: cst.Call, model: str) -> str:
         for anc in self.stage.ancestors(call):

@@ -326,6 +326,7 @@ class OptimiserRule(Rule):
 
     def _rule_name(self, new: str, old: str) -> cst.BaseExpression:
         st = self.stage
+        self.ctx.maybe_unused.add(old)  # removed below only if nothing reads it any more
         if st.style.kind != "from":
             return st.style.rule(new, self.ctx)
         # bare name only if nothing else (still) binds it

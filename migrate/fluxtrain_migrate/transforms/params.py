@@ -8,7 +8,7 @@ import libcst as cst
 from libcst.metadata import BuiltinAssignment
 
 from fluxtrain_migrate.analysis import params_info
-from fluxtrain_migrate.common import Rule, add_comments
+from fluxtrain_migrate.common import Rule, add_comments, code
 
 _ITER_FUNCS = {"len", "list", "tuple"}
 
@@ -84,7 +84,8 @@ class ParamsRule(Rule):
     def _mark_manual(self) -> None:
         """FM110 on every use of ``Params``, ``Grads``, ``AbstractOptimiser``."""
         st = self.stage
-        manual = {"fluxtrain.Params", "fluxtrain.Grads", "fluxtrain.AbstractOptimiser"}
+        manual = {"fluxtrain.Params", "fluxtrain.Grads", "fluxtrain.AbstractOptimiser",
+                  "fluxtrain.loadparams_", "fluxtrain.pullback"}
         hits: list[cst.CSTNode] = []
 
         class _M(cst.CSTVisitor):
@@ -106,7 +107,7 @@ class ParamsRule(Rule):
 
         st.module.visit(_M())
         for h in hits:
-            self.mark(h, "FM110")
+            self.mark(h, "FM105" if code(h).endswith("pullback") else "FM110")
 
     def _iter_position(self, node: cst.CSTNode) -> bool:
         st = self.stage

@@ -9,14 +9,18 @@ import libcst as cst
 from fluxtrain_migrate.analysis import params_info
 from fluxtrain_migrate.common import Rule, code, free_name, positional
 
+#: the loop ``train_`` ran (implicit and explicit alike): one step per item of ``data``,
+#: the loss checked before the update, the callbacks after it
 _LOOP = '''\
-for {i}, {d} in enumerate({data}, 1):
-    {args} = {d} if isinstance({d}, tuple) else ({d},)
-    {val}, {grads} = {withgradient}(lambda {m}: {loss}({m}, *{args}), {model})
+for {target} in {data}:
+{unpack}    {val}, {grads} = {withgradient}(lambda {m}: {call}, {model})
     if not math.isfinite({val}):
-        raise {DomainError}(f"Loss is {{{val}}} on data item {{{i}}}, stopping training")
+        raise {DomainError}(f"Loss is {{{val}}}, stopping training")
     {update_}({opt}, {model}, {grads}[0])
 '''
+
+#: an item whose arity is unknown: splatted when a tuple or list, else passed whole
+_SPLAT = "    {args} = {d} if isinstance({d}, (tuple, list)) else ({d},)\n"
 
 
 class TrainRule(Rule):
@@ -64,8 +68,9 @@ class TrainRule(Rule):
                 continue
             model = info.model
             loss, opt = pos[0].value, pos[3].value
-            loss_ok = (isinstance(loss, cst.Name) and loss.value in self.ctx.rewritten_losses) or (
-                isinstance(loss, cst.Lambda) and "<lambda>" in self.ctx.rewritten_losses)
+            loss_ok = (isinstance(loss, cst.Name) and (
+                loss.value in self.ctx.rewritten_losses or loss.value in self.ctx.closure_losses)
+            ) or (isinstance(loss, cst.Lambda) and "<lambda>" in self.ctx.rewritten_losses)
             if not loss_ok or model.value in self.ctx.blocked:
                 self.mark(c, "FM111", "the loss of this train_ could not be rewritten to take "
                           "the model: rewrite by hand")
@@ -93,7 +98,7 @@ class TrainRule(Rule):
         # stop()/skip() left anywhere else
         for c in calls:
             if st.call_to(c, "stop", "skip"):
-                e = st.parent_of(c)
+                e = _signal_statement(st, c)
                 if e is None or id(e) not in self.signal_calls:
                     self.mark(c, "FM109")
 
@@ -146,11 +151,10 @@ class TrainRule(Rule):
         if bad and found:
             return None
         for call, _kind in found:
-            e = st.parent_of(call)
-            if not isinstance(e, cst.Expr):
+            if _signal_statement(st, call) is None:
                 return None
         for call, kind in found:
-            e = st.parent_of(call)
+            e = _signal_statement(st, call)
             assert e is not None
             self.signal_calls[id(e)] = kind
             stops |= kind == "stop"
@@ -174,9 +178,16 @@ class TrainRule(Rule):
               cb: cst.BaseExpression) -> list[cst.BaseStatement] | None:
         st, ctx = self.stage, self.ctx
         taken: set[str] = set()
+        scope = st.scope_of(c)
 
-        def fresh(base: str) -> str:
-            n = free_name(st, base, taken)
+        def fresh(*candidates: str) -> str:
+            # a name nothing visible from the loop binds (builtins included), else a
+            # numbered one that nothing in the module spells
+            for n in candidates:
+                if n not in taken and (scope is None or n not in scope) and n.isidentifier():
+                    taken.add(n)
+                    return n
+            n = free_name(st, candidates[0], taken)
             taken.add(n)
             return n
 
@@ -203,17 +214,30 @@ class TrainRule(Rule):
             if isinstance(one, cst.Name):
                 calls.append((f"{one.value}()", stops, skips))
             else:
-                name = fresh("cb")
+                name = fresh("cb", "callback")
                 pre.append(f"{name} = {code(one)}")
                 calls.append((f"{name}()", stops, skips))
-        names = {k: fresh(k) for k in ("i", "d", "args", "val", "grads")}
-        m = "m" if "m" not in taken else fresh("m")
+        batch = self._loss_params(loss)
+        closure = isinstance(loss, cst.Name) and loss.value in self.ctx.closure_losses
+        if batch is not None and len(batch) >= 2:
+            # an item the old train_ could splat into this loss is a tuple or list of
+            # exactly these many elements, which ``for x, y in data`` unpacks the same way
+            names = [fresh(n, f"{n}_batch") for n in batch]
+            target, unpack, args = ", ".join(names), "", ", ".join(names)
+        else:
+            d, splat = fresh("batch", "item"), fresh("args", "batch_args")
+            target, unpack = d, _SPLAT.format(args=splat, d=d)
+            args = f"*{splat}"
+        # the lambda's parameter shadows nothing its body reads: the loss and the batch
+        m = "m" if "m" not in {loss_name, *target.split(", "), args.lstrip("*")} else fresh("m")
+        loss_call = f"{loss_name}({args})" if closure else f"{loss_name}({m}, {args})"
         body = _LOOP.format(
-            data=code(data), loss=loss_name, model=model.value, opt=opt_name, m=m,
+            target=target, unpack=unpack, data=code(data), call=loss_call, model=model.value,
+            opt=opt_name, m="_" if closure else m, val=fresh("val", "loss_val"),
+            grads=fresh("grads", "grads_batch"),
             withgradient=code(st.style.api("withgradient", ctx)),
             DomainError=code(st.style.api("DomainError", ctx)),
             update_=code(st.style.api("update_", ctx)),
-            **names,
         )
         sig = None
         for k, (call, stops, skips) in enumerate(calls):
@@ -222,18 +246,53 @@ class TrainRule(Rule):
                 body += f"    {call}\n"
                 continue
             if sig is None:
-                sig = fresh("signal")
+                sig = fresh("signal", "cb_signal")
             body += f"    {sig} = {call}\n"
             if stops:
                 body += f"    if {sig} == \"stop\":\n        break\n"
             if skips and not last:
                 body += f"    if {sig} == \"skip\":\n        continue\n"
         ctx.need_import("math", None)
-        ctx.maybe_unused |= {"stop", "skip", "params"}
+        ctx.maybe_unused |= {"stop", "skip", "params", "train_"}
         src = "\n".join(pre) + ("\n" if pre else "") + body
         stmts: list[cst.BaseStatement] = list(cst.parse_module(src).body)
         self.change(c, "train_ with callbacks -> explicit loop")
         return stmts
+
+    def _loss_params(self, loss: cst.BaseExpression) -> list[str] | None:
+        """The data parameters of a train_ loss (the model's, if it has one, left out):
+        plain positional names only, else None (defaults, ``*args``, unknown function)."""
+        fn: cst.CSTNode | None = loss
+        rewritten = True
+        if isinstance(loss, cst.Name):
+            assigns = self.stage.assignments(loss)
+            if len(assigns) != 1:
+                return None
+            node = getattr(assigns[0], "node", None)
+            if isinstance(node, cst.Name):
+                fn = self.stage.binding_value(node)
+            else:
+                fn = node
+            rewritten = loss.value not in self.ctx.closure_losses
+        if not isinstance(fn, cst.FunctionDef | cst.Lambda):
+            return None
+        ps = fn.params
+        if (ps.posonly_params or ps.kwonly_params or ps.star_arg is not cst.MaybeSentinel.DEFAULT
+                or ps.star_kwarg is not None or any(p.default is not None for p in ps.params)):
+            return None
+        names = [p.name.value for p in ps.params]
+        return names[1:] if rewritten else names
+
+    def _closure_wrapper(self, loss: cst.Name) -> cst.Lambda:
+        """``lambda _, x, y: loss(x, y)`` for a loss that keeps reading the global model."""
+        batch = self._loss_params(loss)
+        if batch is None:
+            star = free_name(self.stage, "batch")
+            return cst.ensure_type(cst.parse_expression(
+                f"lambda _, *{star}: {loss.value}(*{star})"), cst.Lambda)
+        args = ", ".join(batch)
+        return cst.ensure_type(cst.parse_expression(
+            f"lambda _{', ' if args else ''}{args}: {loss.value}({args})"), cst.Lambda)
 
     # -- rewrite --------------------------------------------------------------------
     def leave_Call(self, original_node: cst.Call, updated_node: cst.Call) -> cst.Call:
@@ -242,25 +301,55 @@ class TrainRule(Rule):
             return updated_node
         args = list(updated_node.args)
         args[1] = args[1].with_changes(value=cst.Name(model.value))
+        loss = original_node.args[0].value
+        if isinstance(loss, cst.Name) and loss.value in self.ctx.closure_losses:
+            args[0] = args[0].with_changes(value=self._closure_wrapper(loss))
         self.change(original_node, "train_(loss, ps, ...) -> train_(loss, model, ...)")
         self.ctx.maybe_unused.add("params")
         return updated_node.with_changes(args=args)
 
     def leave_Expr(self, original_node: cst.Expr, updated_node: cst.Expr) -> Any:
         kind = self.signal_calls.get(id(original_node))
-        if kind is None:
+        if kind is None or isinstance(original_node.value, cst.BooleanOperation):
             return updated_node
         self.change(original_node, f"{kind}() in a callback -> return \"{kind}\"")
         return cst.Return(value=cst.SimpleString(f'"{kind}"'))
+
+    def _signal_if(self, line: cst.SimpleStatementLine) -> cst.If | None:
+        """``cond and stop()`` (Flux's ``cond && Flux.stop()``) -> ``if cond: return "stop"``."""
+        small = line.body[0] if len(line.body) == 1 else None
+        if not isinstance(small, cst.Expr) or id(small) not in self.signal_calls:
+            return None
+        op = small.value
+        if not isinstance(op, cst.BooleanOperation):
+            return None
+        kind = self.signal_calls[id(small)]
+        self.change(small, f"cond and {kind}() -> if cond: return \"{kind}\"")
+        ret = cst.SimpleStatementLine([cst.Return(value=cst.SimpleString(f'"{kind}"'))])
+        return cst.If(test=op.left, body=cst.IndentedBlock([ret]),
+                      leading_lines=line.leading_lines)
 
     def leave_SimpleStatementLine(self, original_node: cst.SimpleStatementLine,
                                   updated_node: cst.SimpleStatementLine) -> Any:
         loop = self.loops.get(id(original_node))
         if loop is None:
-            return updated_node
+            cond = self._signal_if(original_node)
+            return updated_node if cond is None else cond
         lead = list(updated_node.leading_lines)
         comment = updated_node.trailing_whitespace.comment
         if comment is not None:
             lead.append(cst.EmptyLine(indent=True, comment=comment))
         first = loop[0].with_changes(leading_lines=lead)
         return cst.FlattenSentinel([first, *loop[1:]])
+
+
+def _signal_statement(st: Any, call: cst.Call) -> cst.Expr | None:
+    """The statement of a callback's ``stop()``/``skip()`` that can become a ``return``:
+    ``stop()`` alone, or ``cond and stop()``."""
+    e = st.parent_of(call)
+    if isinstance(e, cst.BooleanOperation) and isinstance(e.operator, cst.And) \
+            and e.right is call:
+        e = st.parent_of(e)
+        return e if isinstance(e, cst.Expr) and isinstance(
+            st.parent_of(e), cst.SimpleStatementLine) and len(st.parent_of(e).body) == 1 else None
+    return e if isinstance(e, cst.Expr) else None
