@@ -192,6 +192,20 @@ ROWS: list[tuple[str, Call, type[BaseException], str]] = [
     ("epochs(1.5)", lambda e: fluxtrain.epochs(1.5), TypeError, r"whole number"),
     ("trainables(st)", lambda e: fluxtrain.trainables(e.st), TypeError,
      r"trainables.*state tree"),
+    ("pullback(model, f)", lambda e: fluxtrain.pullback(e.model, e.loss), TypeError,
+     r"pullback\(f, \*args\): the 1st argument is an nn.Module"),
+    ("patience(3, 1)", lambda e: fluxtrain.patience(3, 1), TypeError,
+     r"predicate must be callable"),
+    ("patience(f, 0)", lambda e: fluxtrain.patience(bool, 0), ValueError, r"1 <= wait"),
+    ("early_stopping(f, -1)", lambda e: fluxtrain.early_stopping(float, -1), ValueError,
+     r"1 <= wait"),
+    ("loadparams_(model, wrong shapes)",
+     lambda e: fluxtrain.loadparams_(e.model, [torch.ones(2), torch.ones(1)]), ValueError,
+     r"Expected param size \(1, 2\), got \(2,\)"),
+    ("loadparams_(st, xs)", lambda e: fluxtrain.loadparams_(e.st, []), TypeError,
+     r"given a StateTree"),
+    ("update_(x, dx) wrong shape", lambda e: fluxtrain.update_(e.model.weight, torch.ones(3)),
+     ValueError, r"dx of shape \(3,\) cannot be subtracted from x of shape \(1, 2\)"),
 ]
 
 
