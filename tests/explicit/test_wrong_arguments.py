@@ -88,6 +88,8 @@ ROWS: list[tuple[str, Call, type[BaseException], str]] = [
      r"state tree does not match the model"),
     ("update_(dict: model, st, g)", lambda e: fluxtrain.update_(e.dmodel, e.dst, e.dg),
      TypeError, r"the model has a Leaf.*did you swap opt_state and model"),
+    ("update_(dict: st, g, model)", lambda e: fluxtrain.update_(e.dst, e.dg, e.dmodel),
+     TypeError, r"third argument \(grads\) is the model this state was last used with"),
     ("update_(st, model) 2 args", lambda e: fluxtrain.update_(e.st, e.model), TypeError,
      r"it takes 3"),
     ("update_(rule, model, g)", lambda e: fluxtrain.update_(O.Adam(), e.model, e.g), TypeError,

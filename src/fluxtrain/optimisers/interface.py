@@ -236,6 +236,13 @@ def update_(state: Any, model: Any, grads: Any) -> tuple[Any, Any]:
             if replaced:
                 model = _rebuild_model(model, replaced, {})
             return state, model
+    elif grads is not None and stepplan.lookup(state, grads) is not None:
+        # (a missed plan only) the gradient is the very model this state last stepped
+        raise TypeError(
+            "update_(opt_state, model, grads): the third argument (grads) is the model this "
+            "state was last used with, and the second is not; did you pass the model last? "
+            + _ORDER.format(f="update_")
+        )
     if flat:
         grads = _nest_flat(model, grads)
     elif is_module and isinstance(grads, tuple) and len(grads) == 1:
