@@ -89,10 +89,13 @@ def test_update_params_and_train_match_builtin() -> None:
     # update_(opt, ps, gs) for two items, then train_ for the other three
     for m, opt in ((lin, mine), (twin, ref)):
         ps = fluxtrain.params(m)
+        def loss(x, y, m=m):  # type: ignore[no-untyped-def]
+            return ((m(x) - y) ** 2).mean()
+
         for i in range(2):
-            gs = fluxtrain.gradient(lambda: ((m(X[i]) - Y[i]) ** 2).mean(), ps)
+            gs = fluxtrain.gradient(lambda i=i: loss(X[i], Y[i]), ps)
             fluxtrain.update_(opt, ps, gs)
-        fluxtrain.train_(lambda x, y: ((m(x) - y) ** 2).mean(), ps, list(zip(X[2:], Y[2:])), opt)
+        fluxtrain.train_(loss, ps, list(zip(X[2:], Y[2:])), opt)
     for a, b in zip(lin.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-15)
     assert set(map(id, mine.state)) == {id(p) for p in lin.parameters()}
