@@ -33,7 +33,8 @@ import torch
 from fluxtrain.core import hyper
 from fluxtrain.core import schedules as _schedules
 
-__all__ = ["AbstractRule", "State", "Step", "maywrite", "check_param", "OPMATH"]
+__all__ = ["AbstractRule", "State", "Step", "maywrite", "check_param", "OPMATH",
+           "sparse_error", "check_sparse"]
 
 State = Any
 Step = torch.Tensor | None
@@ -46,6 +47,34 @@ OPMATH: dict[torch.dtype, torch.dtype] = {
     torch.complex32: torch.complex64,
 }
 _dtype = attrgetter("dtype")
+_layout = attrgetter("layout")
+_STRIDED = torch.strided
+
+
+def sparse_error(rule: object, dx: torch.Tensor) -> TypeError:
+    """The error of a rule given a sparse gradient it cannot apply (torch's Adam refuses
+    them too); raised before anything of the step is changed."""
+    name = type(rule).__name__
+    for member in getattr(rule, "opts", ()):  # a chain: name the member that refuses
+        if not member._accepts_sparse():
+            name = f"{type(member).__name__} (in {type(rule).__name__})"
+            break
+    return TypeError(
+        f"{name} does not support sparse gradients (a gradient of shape {tuple(dx.shape)} "
+        f"has layout {dx.layout}, as nn.Embedding(..., sparse=True) gives). Only Descent "
+        "applies sparse gradients (as torch.optim.SGD does); for other rules make them "
+        "dense: nn.Embedding(..., sparse=False), or pass grad.to_dense() (torch's own "
+        "sparse Adam is torch.optim.SparseAdam)"
+    )
+
+
+def check_sparse(rule: AbstractRule, dxs: Sequence[torch.Tensor]) -> None:
+    """Refuse sparse gradients for a rule that does not apply them (before any change).
+
+    One layout read per gradient; the rule is asked only if some layout is not strided.
+    """
+    if set(map(_layout, dxs)) - {_STRIDED} and not rule._accepts_sparse():
+        raise sparse_error(rule, next(d for d in dxs if d.layout is not _STRIDED))
 
 
 # ---------------------------------------------------------------------------- 16-bit opmath
@@ -92,19 +121,24 @@ def _narrow(t: Any, made: dict[int, tuple[torch.Tensor, torch.Tensor]],
 
 
 def _opmath_apply(f: Callable[..., Any]) -> Callable[..., Any]:
-    """``apply`` computing in float32 for a 16-bit parameter (see ``docs/numerics.md``).
+    """``apply`` checked for sparse gradients, computing in float32 for a 16-bit parameter.
 
-    The parameter, its gradient and its state's 16-bit tensors are copied to the opmath
-    dtype, ``f`` runs on the copies (so the rule's scalars and every operation are those
-    of a float32 parameter), then the state's tensors are written back into the 16-bit
-    tensors they came from. The step stays in float32: the caller's ``x -= step`` then
-    computes in float32 and rounds once, as torch.optim's last ``addcdiv_`` does. If
-    ``f`` raises, nothing given was changed. Other dtypes: ``f`` itself.
+    A sparse ``dx`` for a rule that does not accept one
+    (:meth:`AbstractRule._accepts_sparse`) raises :func:`sparse_error` first. For 16-bit
+    parameters (``docs/numerics.md``): the parameter, its gradient and its state's
+    16-bit tensors are copied to the opmath dtype, ``f`` runs on the copies (so the
+    rule's scalars and every operation are those of a float32 parameter), then the
+    state's tensors are written back into the 16-bit tensors they came from. The step
+    stays in float32: the caller's ``x -= step`` then computes in float32 and rounds
+    once, as torch.optim's last ``addcdiv_`` does. If ``f`` raises, nothing given was
+    changed. Other dtypes: ``f`` itself.
     """
 
     @functools.wraps(f)
     def apply(self: AbstractRule, state: State, x: torch.Tensor,
               dx: torch.Tensor) -> tuple[State, Step]:
+        if dx.layout is not _STRIDED and not self._accepts_sparse():
+            raise sparse_error(self, dx)
         wide = OPMATH.get(x.dtype)
         if wide is None or not self.opmath:
             return f(self, state, x, dx)  # type: ignore[no-any-return]
@@ -119,12 +153,14 @@ def _opmath_apply(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _opmath_apply_many(f: Callable[..., Any]) -> Callable[..., Any]:
-    """:func:`_opmath_apply` for ``apply_many``: the 16-bit leaves of the lists computed
-    in float32, the others as given (bit-identical to ``apply`` leaf by leaf)."""
+    """:func:`_opmath_apply` for ``apply_many``: every gradient checked for a sparse
+    layout first, then the 16-bit leaves of the lists computed in float32, the others
+    as given (bit-identical to ``apply`` leaf by leaf)."""
 
     @functools.wraps(f)
     def apply_many(self: AbstractRule, states: Sequence[State], xs: Sequence[torch.Tensor],
                    dxs: Sequence[torch.Tensor]) -> tuple[list[State], list[Step]]:
+        check_sparse(self, dxs)
         # the lists share one dtype (apply_batched's groups), except for rules given a
         # whole step at once (needs_whole_tree): those are read in full
         if not xs or not self.opmath or (
@@ -245,6 +281,14 @@ class AbstractRule:
     #: rules and chains, which may hold one): the opmath wrapper then reads every dtype
     _mixed_dtypes: ClassVar[bool] = False
 
+    #: whether the rule applies sparse gradients (``Descent``, as ``torch.optim.SGD``);
+    #: any other rule given one raises :func:`sparse_error` before changing anything
+    sparse: ClassVar[bool] = False
+
+    def _accepts_sparse(self) -> bool:
+        """Whether this rule applies sparse gradients (a chain: all its members do)."""
+        return self.sparse
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         if cls.whole_tree:
@@ -360,3 +404,8 @@ class AbstractRule:
             if f.repr
         ]
         return f"{type(self).__name__}({', '.join(parts)})"
+
+
+# the default apply_many (a loop over apply) gets the same door: the sparse check of
+# every gradient before the first leaf is stepped, and the 16-bit conversions
+AbstractRule.apply_many = _opmath_apply_many(AbstractRule.apply_many)  # type: ignore[method-assign]

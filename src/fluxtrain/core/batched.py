@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import torch
 
-from fluxtrain.core.base import AbstractRule, State, Step
+from fluxtrain.core.base import AbstractRule, State, Step, check_sparse
 
 __all__ = ["group_key", "apply_batched", "chunk_by_bytes", "needs_whole_tree"]
 
@@ -110,6 +110,8 @@ def apply_batched(
             f"apply_batched needs equally many states, parameters and gradients, "
             f"got {len(states)}, {n}, {len(dxs)}"
         )
+    # before any group is stepped: a rule that cannot apply a sparse gradient raises
+    check_sparse(rule, dxs)
     if needs_whole_tree(rule):
         if n == 0:
             return [], []

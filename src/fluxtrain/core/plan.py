@@ -329,6 +329,7 @@ def _prepare_full(cls: type, rule: object, nstate: int, table: dict[Any, Any], t
             or dx.dtype != xdt
             or dx.device != xdev
             or dx.shape != xshape
+            or dx.layout is not torch.strided  # (a sparse one has no data pointer)
             or not maywrite(x)
             or overlap(x) != 0
             or (dx is not x and dx.numel() and dx.data_ptr() in ptrs)

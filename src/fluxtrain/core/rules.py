@@ -178,6 +178,9 @@ class Descent(AbstractRule):
 
     eta: float = 0.1
 
+    #: a sparse gradient gives a sparse step, subtracted as torch.optim.SGD adds it
+    sparse: ClassVar[bool] = True
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         return None
@@ -1477,6 +1480,9 @@ class OptimiserChain(AbstractRule):
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def _accepts_sparse(self) -> bool:
+        return all(o._accepts_sparse() for o in self.opts)
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.opts == self.opts  # type: ignore[attr-defined]
