@@ -53,14 +53,8 @@ def _heading(i: int) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", head).strip("-")
 
 
-SPARSE_PENDING = pytest.mark.xfail(
-    reason="issue 22 item 5: sparse gradients (fix pending)", strict=True)
-
-
-@pytest.mark.parametrize("i", [
-    pytest.param(i, id=f"{i}-{_heading(i)}",
-                 marks=[SPARSE_PENDING] if "sparse=True" in PYTORCH_MD[i] else [])
-    for i in range(2, len(PYTORCH_MD))])
+@pytest.mark.parametrize("i", [pytest.param(i, id=f"{i}-{_heading(i)}")
+                               for i in range(2, len(PYTORCH_MD))])
 def test_pytorch_md_block_runs(i, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
