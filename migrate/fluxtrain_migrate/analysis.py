@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
-from fluxtrain_migrate.common import Stage, code, positional, root_name
+from fluxtrain_migrate.common import Stage, code, positional
 
 
 @dataclass
@@ -23,6 +23,9 @@ class ParamsInfo:
     #: children of the model to freeze when only one part of it is trained
     #: (``params(model[k])`` of a ``Sequential(...)`` built in the script)
     frozen: tuple[int, ...] = ()
+    #: ``ps = params(w, b)``, ``params(model.net)``, ``Params([w, b])``: the explicit model
+    #: is ``ps`` itself, rebound to this expression (a tuple of the pieces, or the one piece)
+    explicit: str | None = None
 
 
 def params_info(stage: Stage, expr: cst.BaseExpression) -> ParamsInfo:
@@ -34,27 +37,43 @@ def params_info(stage: Stage, expr: cst.BaseExpression) -> ParamsInfo:
             return ParamsInfo("none")
         assigns = stage.assignments(expr)
         value = stage.binding_value(expr)
-        if value is None or not stage.call_to(value, "params"):
+        if value is None or not stage.call_to(value, "params", "Params"):
             for a in assigns:
                 node = getattr(a, "node", None)
                 parent = stage.parent_of(node) if node is not None else None
                 stmt = stage.parent_of(parent) if parent is not None else None
-                if isinstance(stmt, cst.Assign) and stage.call_to(stmt.value, "params"):
+                if isinstance(stmt, cst.Assign) and stage.call_to(stmt.value, "params", "Params"):
                     return ParamsInfo("ambiguous")
             return ParamsInfo("none")
         call = value
         binding = expr
-    if not isinstance(call, cst.Call) or not stage.call_to(call, "params"):
+    if not isinstance(call, cst.Call) or not stage.call_to(call, "params", "Params"):
         return ParamsInfo("none")
     args = call.args
-    if len(args) != 1 or args[0].keyword is not None or args[0].star:
+    pieces = explicit_pieces(stage, call)
+    if pieces is not None and len(pieces) == 1 and isinstance(pieces[0], cst.Name) \
+            and stage.call_to(call, "params"):
+        arg = pieces[0]
+    elif pieces is not None and len(pieces) == 1 and sequential_part(stage, pieces[0]):
+        part = sequential_part(stage, pieces[0])
+        assert part is not None
+        return ParamsInfo("ok", model=part[0], binding=binding, frozen=part[1])
+    elif pieces is None or binding is None:
+        if any(a.star for a in args):
+            return ParamsInfo("ambiguous", binding=binding)
         return ParamsInfo("part", binding=binding)
-    arg = args[0].value
-    if not isinstance(arg, cst.Name):
-        part = sequential_part(stage, arg)
-        if part is not None:
-            return ParamsInfo("ok", model=part[0], binding=binding, frozen=part[1])
-        return ParamsInfo("part" if root_name(arg) is not None else "ambiguous", binding=binding)
+    else:
+        # the pieces themselves become the explicit model, under the params' own name
+        if len(stage.assignments(binding)) != 1:
+            return ParamsInfo("ambiguous", binding=binding)
+        if stage.call_to(call, "Params") and not isinstance(args[0].value, cst.List | cst.Tuple):
+            text = f"tuple({code(args[0].value)})"
+        elif len(pieces) == 1 and stage.call_to(call, "params"):
+            text = code(pieces[0])
+        else:
+            inner = ", ".join(code(p) for p in pieces)
+            text = f"({inner},)" if len(pieces) == 1 else f"({inner})"
+        return ParamsInfo("ok", model=binding, binding=binding, explicit=text)
     # every assignment of the model must come before the params call
     line = stage.position(call)[0]
     for a in stage.assignments(arg):
@@ -64,6 +83,41 @@ def params_info(stage: Stage, expr: cst.BaseExpression) -> ParamsInfo:
     if not stage.assignments(arg):
         return ParamsInfo("ambiguous", binding=binding)
     return ParamsInfo("ok", model=arg, binding=binding)
+
+
+def explicit_pieces(stage: Stage, call: cst.Call) -> list[cst.BaseExpression] | None:
+    """What ``params(a, b)`` or ``Params([a, b])`` collects, if plain: positional arguments
+    without ``*`` (``Params(xs)`` of a list variable: ``[xs]``); else None."""
+    args = call.args
+    if any(a.keyword is not None or a.star for a in args):
+        return None
+    if stage.call_to(call, "Params"):
+        if len(args) != 1:
+            return None
+        v = args[0].value
+        if isinstance(v, cst.List | cst.Tuple):
+            if any(isinstance(e, cst.StarredElement) for e in v.elements):
+                return None
+            return [e.value for e in v.elements]
+        return [v] if isinstance(v, cst.Name | cst.Attribute) else None
+    return [a.value for a in args]
+
+
+def explicit_of(stage: Stage, model: cst.Name) -> list[str] | None:
+    """For a model that is a ``ps = params(a, b)`` binding: the pieces' source texts."""
+    value = stage.binding_value(model)
+    if not isinstance(value, cst.Call) or not stage.call_to(value, "params", "Params"):
+        return None
+    info = params_info(stage, model)
+    if info.explicit is None:
+        return None
+    pieces = explicit_pieces(stage, value)
+    return [code(p) for p in pieces] if pieces is not None else None
+
+
+def explicit_is_tuple(stage: Stage, model: cst.Name) -> bool:
+    info = params_info(stage, model)
+    return info.explicit is not None and info.explicit.startswith(("(", "tuple("))
 
 
 def sequential_part(
@@ -149,6 +203,16 @@ def grads_path(
     stage: Stage, index: cst.BaseExpression, model: cst.Name
 ) -> list[cst.CSTNode] | None:
     """For ``gs[model.a[0].w]``: the trailers ``.a``, ``[0]``, ``.w``; None if unresolvable."""
+    pieces = explicit_of(stage, model)
+    if pieces is not None:
+        # ``gs[w]`` for ``ps = params(w, b)``: the piece's position in the tuple
+        text = code(index)
+        for i, piece in enumerate(pieces):
+            if text == piece:
+                if len(pieces) == 1 and not explicit_is_tuple(stage, model):
+                    return None
+                return [cst.SubscriptElement(cst.Index(cst.Integer(str(i))))]
+        return None
     trail: list[cst.CSTNode] = []
     cur = index
     while isinstance(cur, (cst.Attribute, cst.Subscript)):

@@ -202,8 +202,11 @@ def group_marker(comp: set[str], why: list[tuple[frozenset[str], str, str, str]]
     shown = ", ".join(names[:5]) + (", ..." if len(names) > 5 else "")
     # the cause first: a specific reason, then the codes nearest the cause (a gradient
     # that cannot be converted blocks its optimiser too, not the other way round)
-    why = sorted(why, key=lambda r: (r[2] == MARKERS.get(r[1]), _CAUSE_ORDER.index(r[1])
-                                     if r[1] in _CAUSE_ORDER else len(_CAUSE_ORDER)))
+    why = sorted(why, key=lambda r: (
+        r[2] == MARKERS.get(r[1]),
+        -1 if r[1] == "FM107" and r[2] != MARKERS["FM107"]
+        else _CAUSE_ORDER.index(r[1]) if r[1] in _CAUSE_ORDER
+        else len(_CAUSE_ORDER)))
     mcode = why[0][1] if why else "FM111"
     seen: list[str] = []
     for _keys, _code, reason, where in why:

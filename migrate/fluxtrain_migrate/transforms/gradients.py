@@ -14,7 +14,7 @@ from fluxtrain_migrate.analysis import (
     model_accesses,
 )
 from fluxtrain_migrate.common import Rule, positional
-from fluxtrain_migrate.transforms.losses import _names_in, _param_name
+from fluxtrain_migrate.transforms.losses import _names_in, _param_name, closure_def
 
 
 class GradientRule(Rule):
@@ -36,6 +36,7 @@ class GradientRule(Rule):
         self.index0: set[int] = set()
         self.unpack: dict[int, int] = {}  # Assign id -> index of grads element
         self.paths: dict[int, list[cst.CSTNode]] = {}
+        self.def_param: dict[int, str] = {}  # nested def given to gradient -> its parameter
         calls: list[cst.Call] = []
 
         class _V(cst.CSTVisitor):
@@ -55,8 +56,13 @@ class GradientRule(Rule):
                 continue
             model = info.model
             lam = positional(c)[0].value
-            if not isinstance(lam, cst.Lambda) or lam.params.params or lam.params.star_arg \
-                    is not cst.MaybeSentinel.DEFAULT or lam.params.kwonly_params:
+            fn: cst.Lambda | cst.FunctionDef | None = None
+            if isinstance(lam, cst.Name):
+                fn = closure_def(st, lam)
+            elif isinstance(lam, cst.Lambda) and not lam.params.params and lam.params.star_arg \
+                    is cst.MaybeSentinel.DEFAULT and not lam.params.kwonly_params:
+                fn = lam
+            if fn is None:
                 self.mark(c, "FM105")
                 continue
             if model.value in self.ctx.blocked or (
@@ -107,14 +113,16 @@ class GradientRule(Rule):
             else:
                 self.mark(c, "FM105")
                 continue
-            pname = _param_name(lam)
+            pname = _param_name(fn)
             reads = model_accesses(st, model)
-            hits = [n for n in _names_in(lam.body) if id(n) in reads]
+            hits = [n for n in _names_in(fn.body) if id(n) in reads]
             if not hits:
                 pname = "_"  # the body closes over the global model (the same object)
             for n in hits:
                 self.reads[id(n)] = pname
             self.convert[id(c)] = (model, pname)
+            if isinstance(fn, cst.FunctionDef):
+                self.def_param[id(fn)] = pname
 
     def _old_updates(self, gs: cst.Name) -> list[cst.CSTNode]:
         """``update_`` calls fed by ``gs`` whose optimiser was not turned into a state."""
@@ -143,12 +151,12 @@ class GradientRule(Rule):
         model, pname = plan
         args = list(updated_node.args)
         lam = args[0].value
-        assert isinstance(lam, cst.Lambda)
-        lam = lam.with_changes(
-            params=cst.Parameters(params=[cst.Param(cst.Name(pname))]),
-            whitespace_after_lambda=cst.SimpleWhitespace(" "),
-        )
-        args[0] = args[0].with_changes(value=lam)
+        if isinstance(lam, cst.Lambda):
+            lam = lam.with_changes(
+                params=cst.Parameters(params=[cst.Param(cst.Name(pname))]),
+                whitespace_after_lambda=cst.SimpleWhitespace(" "),
+            )
+            args[0] = args[0].with_changes(value=lam)
         args[1] = args[1].with_changes(value=cst.Name(model.value))
         new = updated_node.with_changes(args=args)
         self.change(original_node, "implicit gradient -> explicit gradient over the model")
@@ -157,6 +165,15 @@ class GradientRule(Rule):
             zero = cst.SubscriptElement(cst.Index(cst.Integer("0")))
             return cst.Subscript(value=new, slice=[zero])
         return new
+
+    def leave_FunctionDef(self, original_node: cst.FunctionDef,
+                          updated_node: cst.FunctionDef) -> Any:
+        pname = self.def_param.get(id(original_node))
+        if pname is None:
+            return updated_node
+        self.change(original_node, "gradient closure takes the model")
+        return updated_node.with_changes(
+            params=updated_node.params.with_changes(params=[cst.Param(cst.Name(pname))]))
 
     def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign) -> Any:
         if id(original_node) not in self.unpack:

@@ -58,6 +58,10 @@ class LossRule(Rule):
                 lam = positional(c)[0].value
                 if isinstance(lam, cst.Lambda) and not lam.params.params:
                     sites.append((lam.body, info.model, False))
+                elif isinstance(lam, cst.Name):
+                    fn = closure_def(st, lam)  # a do-block written as a nested def
+                    if fn is not None:
+                        sites.append((fn.body, info.model, False))
             elif converts_train(st, c):
                 pos = positional(c)
                 if len(pos) >= 4:
@@ -116,11 +120,14 @@ class LossRule(Rule):
                 train_losses.setdefault(model.value, []).append(start)
                 if isinstance(start, cst.Name):
                     t = target(start)
-                    if t is None:
+                    if t is None or not reads_model(t, set()):
+                        # never a model parameter that the loss would then ignore
                         closure.add(model.value)
                         continue
                     todo.append(t)
                 elif isinstance(start, cst.Lambda):
+                    if not reads_model(start, set()):
+                        closure.add(model.value)
                     todo.append(start)
                 else:
                     closure.add(model.value)
@@ -128,19 +135,19 @@ class LossRule(Rule):
             else:
                 todo.extend(t for _c, t in callees(start) if reads_model(t, set()))
             while todo:
-                fn = todo.pop()
-                if id(fn) in self.fn_param:
-                    if self.fn_model[id(fn)] != model.value:
+                one: _Fn = todo.pop()
+                if id(one) in self.fn_param:
+                    if self.fn_model[id(one)] != model.value:
                         # one function used with two models: both keep the global form
-                        closure |= {model.value, self.fn_model[id(fn)]}
+                        closure |= {model.value, self.fn_model[id(one)]}
                     continue
-                self.fn_param[id(fn)] = _param_name(fn)
-                self.fn_model[id(fn)] = model.value
-                self._nodes[id(fn)] = fn
-                for n in _names_in(fn):
+                self.fn_param[id(one)] = _param_name(one)
+                self.fn_model[id(one)] = model.value
+                self._nodes[id(one)] = one
+                for n in _names_in(one):
                     if id(n) in reads:
-                        self.model_reads[id(n)] = self.fn_param[id(fn)]
-                todo.extend(t for _c, t in callees(fn) if reads_model(t, set()))
+                        self.model_reads[id(n)] = self.fn_param[id(one)]
+                todo.extend(t for _c, t in callees(one) if reads_model(t, set()))
         # every reference of a rewritten function must be a call or a train_ loss; a
         # function passed around as a value keeps its signature, and so does every other
         # function of its model (the explicit code then closes over the global model,
@@ -234,6 +241,24 @@ class LossRule(Rule):
 
     def leave_Lambda(self, original_node: cst.Lambda, updated_node: cst.Lambda) -> Any:
         return self._with_param(original_node, updated_node)
+
+
+def closure_def(st: Any, name: cst.Name) -> cst.FunctionDef | None:
+    """``def f(): ...`` (no parameters) that ``name`` alone refers to: Julia's
+    ``gradient(ps) do ... end`` written as a nested def, given to ``gradient(f, ps)``."""
+    if st.fq(name) is not None:
+        return None
+    assigns = st.assignments(name)
+    if len(assigns) != 1 or len(assigns[0].references) != 1:
+        return None
+    fn = getattr(assigns[0], "node", None)
+    if not isinstance(fn, cst.FunctionDef) or fn.decorators or fn.asynchronous:
+        return None
+    ps = fn.params
+    if ps.params or ps.posonly_params or ps.kwonly_params or ps.star_kwarg is not None \
+            or ps.star_arg is not cst.MaybeSentinel.DEFAULT:
+        return None
+    return fn
 
 
 def converts_train(st: Any, call: cst.Call) -> bool:

@@ -3,11 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import libcst as cst
 
-from fluxtrain_migrate.analysis import grads_origin, grads_uses_ok, implicit_gradient, params_info
+from fluxtrain_migrate.analysis import (
+    explicit_pieces,
+    grads_origin,
+    grads_uses_ok,
+    implicit_gradient,
+    params_info,
+)
 from fluxtrain_migrate.common import (
     Rule,
     code,
@@ -15,6 +21,7 @@ from fluxtrain_migrate.common import (
     free_name,
     keyword,
     positional,
+    root_name,
     taken_names,
 )
 from fluxtrain_migrate.names import OLD_OPTIMISERS, TRANSLATE
@@ -76,8 +83,11 @@ class OptimiserRule(Rule):
                 continue
             self.constructions.append(c)
         self.emitted: list[tuple[cst.Call, str]] = []
+        self.insert_after: dict[int, list[str]] = {}
+        opaque = self._plan_opaque(calls, taken)
         for c in self.constructions:
-            self.plan(c, taken)
+            if not any(id(a) in opaque for a in st.ancestors(c)):
+                self.plan(c, taken)
         for c in calls:
             if st.call_to(c, "update_") and id(c) not in self.update_args:
                 pos = positional(c)
@@ -88,6 +98,122 @@ class OptimiserRule(Rule):
                     if isinstance(f, cst.Name) and id(f) not in self.rename:
                         if self._is_old_binding(f):
                             self.mark(c, "FM108")
+
+    def _plan_opaque(self, calls: list[cst.Call], taken: set[str]) -> set[int]:
+        """An optimiser variable built in several steps, or by code the codemod cannot read
+        (``opt = ADAM(eta)`` then ``if lam > 0: opt = Optimiser(WeightDecay(lam), opt)``;
+        ``opt = args.opt(eta)``): its assignments stay, and ``opt_state = setup(opt,
+        model)`` follows the last one (``setup`` translates an old optimiser, with a
+        deprecation warning naming the new rule). Returns the ids of the statements kept."""
+        st = self.stage
+        seen: set[int] = set()
+        kept: set[int] = set()
+        for c in calls:
+            pos = positional(c)
+            if st.call_to(c, "update_") and len(pos) == 3:
+                opt = pos[0].value
+            elif st.call_to(c, "train_") and len(pos) == 4:
+                opt = pos[3].value
+            else:
+                continue
+            if not isinstance(opt, cst.Name) or st.fq(opt) is not None:
+                continue
+            assigns = st.assignments(opt)
+            key = id(assigns[0]) if assigns else 0
+            if not assigns or key in seen:
+                continue
+            seen.add(key)
+            value = st.binding_value(opt)
+            if value is not None and self.old_name(value) is not None:
+                continue  # one plain construction: plan() translates it
+            plan = self._opaque(opt, assigns)
+            if plan is None:
+                continue
+            anchor, stmts, uses, model = plan
+            state = "opt_state" if "opt_state" not in taken else free_name(
+                st, f"{opt.value}_state", taken)
+            taken.add(state)
+            setup = code(st.style.api("setup", self.ctx))
+            self.insert_after.setdefault(id(anchor), []).append(
+                f"{state} = {setup}({opt.value}, {model.value})")
+            for node, call in uses:
+                self.rename[id(node)] = state
+                if st.call_to(call, "update_"):
+                    self.update_args[id(call)] = model
+            kept |= stmts
+        return kept
+
+    def _opaque(self, opt: cst.Name, assigns: list[Any]) -> tuple[
+            cst.CSTNode, set[int], list[tuple[cst.Name, cst.Call]], cst.Name] | None:
+        st = self.stage
+        stmts: list[cst.CSTNode] = []
+        for a in assigns:
+            node = getattr(a, "node", None)
+            target = st.parent_of(node) if isinstance(node, cst.Name) else None
+            stmt = st.parent_of(target) if isinstance(target, cst.AssignTarget) else None
+            if not isinstance(stmt, cst.Assign):
+                return None
+            stmts.append(stmt)
+        uses: list[tuple[cst.Name, cst.Call]] = []
+        models: set[str] = set()
+        model: cst.Name | None = None
+        for a in assigns:
+            for ref in a.references:
+                node = ref.node
+                if any(st.position(s)[0] <= st.position(node)[0] <= self._end(s)
+                       for s in stmts):
+                    continue  # ``opt = Optimiser(WeightDecay(lam), opt)``
+                arg = st.parent_of(node)
+                call = st.parent_of(arg) if arg is not None else None
+                if not (isinstance(arg, cst.Arg) and isinstance(call, cst.Call)):
+                    return None
+                pos = positional(call)
+                if st.call_to(call, "update_") and pos and pos[0] is arg:
+                    m, ok = self._update_model(call)
+                    if m is None or not ok or self.last_frozen:
+                        return None
+                elif st.call_to(call, "train_") and len(pos) == 4 and pos[3] is arg:
+                    info = params_info(st, pos[1].value)
+                    if info.status != "ok" or info.model is None or info.frozen:
+                        return None
+                    m = info.model
+                else:
+                    return None
+                models.add(m.value)
+                model = model or m
+                uses.append((cast(cst.Name, node), call))
+        if len(models) != 1 or model is None or not uses:
+            return None
+        # the statement after which the state is made: the last assignment's, widened to
+        # the block every use is in; every assignment before its end, every use after it
+        anchor: cst.CSTNode | None = max(
+            (st.statement_of(s) or s for s in stmts), key=lambda n: st.position(n))
+        first_use = min(st.position(n)[0] for n, _c in uses)
+        while anchor is not None:
+            block = st.parent_of(anchor)
+            if all(id(block) in {id(b) for b in st.ancestors(n)} for n, _c in uses):
+                break
+            anchor = st.statement_of(block) if block is not None else None
+        if anchor is None or self._end(anchor) >= first_use:
+            return None
+        if not self._defined_before(model, self._end(anchor)):
+            return None
+        return anchor, {id(s) for s in stmts}, uses, model
+
+    def _end(self, node: cst.CSTNode) -> int:
+        p = self.stage.pos.get(node)
+        return p.end.line if p is not None else 0
+
+    def on_leave(self, original_node: Any, updated_node: Any) -> Any:
+        result = super().on_leave(original_node, updated_node)
+        lines = self.insert_after.get(id(original_node))
+        if not lines or self.stage.is_protected(original_node):
+            return result
+        new = [cst.parse_statement(t) for t in lines]
+        self.change(original_node, "opt_state = setup(opt, model) after the optimiser is built")
+        if isinstance(result, cst.FlattenSentinel):
+            return cst.FlattenSentinel([*result.nodes, *new])
+        return cst.FlattenSentinel([result, *new])
 
     def _is_old_binding(self, name: cst.Name) -> bool:
         value = self.stage.binding_value(name)
@@ -217,15 +343,22 @@ class OptimiserRule(Rule):
             self.mark(c, "FM107")
             self.ctx.blocked.add(target.value)
             return
-        # the model must exist where the optimiser is built
+        # the model must exist where the optimiser is built (``ps = params(a, b)`` bound
+        # later: its pieces, if they exist by then)
         line = st.position(c)[0]
-        for a in st.assignments(model_node):
-            node = getattr(a, "node", None)
-            if node is None or st.position(node)[0] > line:
+        setup_model: cst.BaseExpression = cst.Name(model_node.value)
+        if not self._defined_before(model_node, line):
+            info = params_info(st, model_node)
+            value = st.binding_value(model_node)
+            pieces = explicit_pieces(st, value) if isinstance(value, cst.Call) else None
+            roots = [root_name(p) for p in pieces or []]
+            if info.explicit is None or not pieces or not all(
+                    r is not None and self._defined_before(r, line) for r in roots):
                 self.mark(c, "FM107", "the model is defined after the optimiser: move "
                           "opt_state = setup(rule, model) after the model")
                 self.ctx.blocked.add(target.value)
                 return
+            setup_model = cst.parse_expression(info.explicit)
         try:
             self._translate(c)
         except _Untranslatable as e:
@@ -256,7 +389,13 @@ class OptimiserRule(Rule):
                 self.eta_assign[id(stmt)] = eta_var
         for q, m in updates:
             self.update_args[id(q)] = m
-        self._emit(c, model_node)
+        self._emit(c, model_node, setup_model)
+
+    def _defined_before(self, name: cst.Name, line: int) -> bool:
+        assigns = self.stage.assignments(name)
+        return bool(assigns) and all(
+            getattr(a, "node", None) is not None and self.stage.position(a.node)[0] <= line
+            for a in assigns)
 
     def _field(self, root: str, fld: str) -> str | None:
         new_root, kw = TRANSLATE.get(root, ("", {}))
@@ -266,18 +405,20 @@ class OptimiserRule(Rule):
             return kw[fld]
         return fld if fld in _SIMPLE_FIELDS else None
 
-    def _emit(self, c: cst.Call, model: cst.Name) -> None:
+    def _emit(self, c: cst.Call, model: cst.Name,
+              setup_model: cst.BaseExpression | None = None) -> None:
         try:
             rule = self._translate(c)
         except _Untranslatable as e:
             self.mark(c, "FM107", str(e))
             return
+        arg = setup_model if setup_model is not None else cst.Name(model.value)
         setup = cst.Call(
             func=self.stage.style.api("setup", self.ctx),
-            args=fix_commas([cst.Arg(rule), cst.Arg(cst.Name(model.value))]),
+            args=fix_commas([cst.Arg(rule), cst.Arg(arg)]),
         )
         self.replace[id(c)] = setup
-        self.change(c, f"{code(c.func)}(...) -> setup({code(rule.func)}(...), {model.value})")
+        self.change(c, f"{code(c.func)}(...) -> setup({code(rule.func)}(...), {code(arg)})")
 
     def _translate(self, c: cst.Call) -> cst.Call:
         old = self.old_name(c)
@@ -392,7 +533,12 @@ class OptimiserRule(Rule):
             args = list(updated_node.args)
             args[1] = args[1].with_changes(value=cst.Name(model.value))
             self.change(original_node, "update_(opt, ps, gs) -> update_(opt_state, model, gs)")
-            return updated_node.with_changes(args=args)
+            func = updated_node.func
+            if isinstance(func, cst.Attribute) and isinstance(func.value, cst.Attribute) \
+                    and func.value.attr.value == "optimise":
+                # the explicit update_ through the public namespace, not the deprecated one
+                func = func.with_changes(value=func.value.value)
+            return updated_node.with_changes(func=func, args=args)
         return updated_node
 
     def leave_Attribute(self, original_node: cst.Attribute,

@@ -33,7 +33,7 @@ class ParamsRule(Rule):
 
         class _V(cst.CSTVisitor):
             def visit_Assign(inner, node: cst.Assign) -> None:  # noqa: N805
-                if st.call_to(node.value, "params"):
+                if st.call_to(node.value, "params", "Params"):
                     assigns.append(node)
 
             def visit_Call(inner, node: cst.Call) -> None:  # noqa: N805
@@ -41,7 +41,13 @@ class ParamsRule(Rule):
                     calls.append(node)
 
         st.module.visit(_V())
-        self._mark_manual()
+        self.rebind: dict[int, str] = {}  # Assign id -> the explicit model's expression
+        explicit_calls: set[int] = set()
+        for a in assigns:
+            t = a.targets[0].target if len(a.targets) == 1 else None
+            if isinstance(t, cst.Name) and params_info(st, t).explicit is not None:
+                explicit_calls.add(id(a.value))
+        self._mark_manual(explicit_calls)
         bound_calls = {id(a.value) for a in assigns}
         for a in assigns:
             t = a.targets[0].target if len(a.targets) == 1 else None
@@ -54,6 +60,16 @@ class ParamsRule(Rule):
                 continue
             if info.status != "ok" or info.model is None:
                 self.mark(a, "FM103")
+                continue
+            if info.explicit is not None:
+                # ``ps = params(w, b)``: ``ps`` stays, as the explicit model ``(w, b)``
+                self.rebind[id(a)] = info.explicit
+                for asg in st.assignments(t):
+                    for ref in asg.references:
+                        if self._iter_position(ref.node):
+                            self.to_trainables[id(ref.node)] = t.value
+                        elif not self._model_position(ref.node):
+                            self.mark(ref.node, "FM101")
                 continue
             left = 0
             if info.frozen:
@@ -81,8 +97,32 @@ class ParamsRule(Rule):
             else:
                 self.mark(c, "FM101" if info.status == "ok" else "FM102")
 
-    def _mark_manual(self) -> None:
-        """FM110 on every use of ``Params``, ``Grads``, ``AbstractOptimiser``."""
+    def _model_position(self, node: cst.CSTNode) -> bool:
+        """Is ``node`` (an explicit model's name) where the explicit API takes a model:
+        ``setup``/``gradient``/``withgradient``/``update_``/``train_``'s model argument?"""
+        st = self.stage
+        arg = st.parent_of(node)
+        call = st.parent_of(arg) if arg is not None else None
+        if not (isinstance(arg, cst.Arg) and isinstance(call, cst.Call)):
+            return False
+        if st.is_setup(call) or st.call_to(call, "gradient", "withgradient", "update_",
+                                           "train_", "setup", "trainables"):
+            return True
+        f = call.func
+        return isinstance(f, cst.Name | cst.Attribute) and code(f).split(".")[-1] in (
+            "gradient", "withgradient", "update_", "train_", "setup", "trainables")
+
+    def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign) -> Any:
+        text = self.rebind.get(id(original_node))
+        if text is None:
+            return updated_node
+        self.change(original_node, "ps = params(a, b) -> ps = (a, b), the explicit model")
+        self.ctx.maybe_unused |= {"params", "Params"}
+        return updated_node.with_changes(value=cst.parse_expression(text))
+
+    def _mark_manual(self, explicit_calls: set[int]) -> None:
+        """FM110 on every use of ``Params``, ``Grads``, ``AbstractOptimiser`` (except a
+        ``ps = Params([...])`` that becomes an explicit model)."""
         st = self.stage
         manual = {"fluxtrain.Params", "fluxtrain.Grads", "fluxtrain.AbstractOptimiser",
                   "fluxtrain.loadparams_", "fluxtrain.pullback"}
@@ -98,6 +138,13 @@ class ParamsRule(Rule):
             def visit_Attribute(inner, node: cst.Attribute) -> bool:  # noqa: N805
                 if st.fq(node) in manual:
                     hits.append(node)
+                    return False
+                return True
+
+            def visit_Call(inner, node: cst.Call) -> bool:  # noqa: N805
+                if id(node) in explicit_calls:
+                    for a in node.args:
+                        a.visit(inner)
                     return False
                 return True
 
