@@ -232,7 +232,8 @@ class AbstractRule:
     each field's default (a float default makes a real-number field, a tuple
     default a tuple of reals of that length, a bool default a flag, an int
     default an integer); any field
-    named ``eta`` must be non-negative. Override :meth:`_validate` for more.
+    named ``eta`` must be non-negative, and each real field must lie in its
+    :attr:`_ranges` entry. Override :meth:`_validate` for more.
     Any float field may instead hold a :class:`~fluxtrain.core.schedules.Schedule`
     (a value per step count), with no change to the rule's code: see
     :mod:`fluxtrain.core.schedules` and ``docs/schedules.md``.
@@ -260,6 +261,12 @@ class AbstractRule:
 
     #: Number of elements of each tuple-valued field (default: the default's length).
     _tuple_lengths: ClassVar[dict[str, int]] = {}
+
+    #: The allowed values of each real hyperparameter, by field name (``"beta[0]"`` for
+    #: an element of a tuple field), checked at construction (``hyper.check_range``:
+    #: a ValueError naming the field and the range; NaN and ``inf`` outside every range
+    #: but ``hyper.ANY``). Every built-in rule lists all of its real fields.
+    _ranges: ClassVar[dict[str, hyper.Range]] = {}
 
     #: ``True`` for a rule that needs every leaf of a step in ONE :meth:`apply_many`
     #: call, on mixed devices and dtypes (``ClipGlobalNorm``: one norm over all
@@ -317,17 +324,23 @@ class AbstractRule:
             if isinstance(default, bool):
                 new: Any = hyper.check_bool(f.name, name, value)
             elif isinstance(default, float):
-                new = hyper.check_real(f.name, name, value)
+                new = hyper.check_real(f.name, name, value, self._ranges.get(f.name))
             elif isinstance(default, int):
                 new = hyper.check_int(f.name, name, value)
             elif isinstance(default, tuple):
                 length = self._tuple_lengths.get(f.name, len(default))
-                new = hyper.check_tuple(f.name, name, value, length)
+                new = hyper.check_tuple(f.name, name, value, length, self._ranges)
             else:
                 continue
             object.__setattr__(self, f.name, new)
         if any(f.name == "eta" for f in dataclasses.fields(self)):  # type: ignore[arg-type]
             hyper.check_nonneg_eta(name, self.eta)  # type: ignore[attr-defined]
+        for label, allowed in self._ranges.items():
+            field, _, index = label.partition("[")
+            value = getattr(self, field)
+            if index:
+                value = value[int(index.rstrip("]"))]
+            hyper.check_range(label, name, value, allowed)
 
     # ------------------------------------------------------------------ protocol
     def init(self, x: torch.Tensor) -> State:

@@ -21,6 +21,7 @@ parameter's dtype. :func:`round_to` is the plain rounding to any dtype.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import struct
@@ -43,6 +44,12 @@ __all__ = [
     "check_bool",
     "check_int",
     "check_nonneg_eta",
+    "check_range",
+    "Range",
+    "NONNEG",
+    "UNIT",
+    "UNIT_OPEN",
+    "ANY",
 ]
 
 _COMPLEX_TO_REAL = {
@@ -163,7 +170,63 @@ def eps_for(dtype: torch.dtype, epsilon: float) -> float:
     return cast(epsilon, dtype)
 
 
-def check_real(name: str, rule: str, value: Any) -> Any:
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """The allowed values of a hyperparameter: ``lo..hi``, each end open or closed.
+
+    An infinite end is allowed only when closed (``ANY`` holds ``±inf``, ``NONNEG``
+    does not hold ``inf``). NaN is in no range.
+
+    >>> str(NONNEG), str(UNIT_OPEN), 1.0 in UNIT_OPEN, math.inf in NONNEG, math.inf in ANY
+    ('[0, inf)', '[0, 1)', False, False, True)
+    """
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    lo_open: bool = False
+    hi_open: bool = False
+
+    def __contains__(self, v: object) -> bool:
+        if not isinstance(v, float):
+            return False
+        above = v > self.lo if self.lo_open else v >= self.lo
+        below = v < self.hi if self.hi_open else v <= self.hi
+        return above and below
+
+    def __str__(self) -> str:
+        def num(v: float) -> str:
+            return f"{v:g}"
+
+        return (f"{'(' if self.lo_open else '['}{num(self.lo)}, "
+                f"{num(self.hi)}{')' if self.hi_open else ']'}")
+
+
+#: ``[0, inf)``: learning rates, epsilons, decays, clipping thresholds
+NONNEG = Range(0.0, math.inf, hi_open=True)
+#: ``[0, 1]``: momentum-like coefficients
+UNIT = Range(0.0, 1.0)
+#: ``[0, 1)``: Adam's betas (``1 - beta^t`` divides)
+UNIT_OPEN = Range(0.0, 1.0, hi_open=True)
+#: every real number, ``±inf`` included (``ClipNorm.p``)
+ANY = Range(-math.inf, math.inf)
+
+
+def check_range(name: str, rule: str, value: Any, allowed: Range) -> None:
+    """Refuse a plain value of hyperparameter ``name`` outside ``allowed`` (ValueError).
+
+    A schedule passes (a rule with schedules validates each value it takes).
+
+    >>> check_range("beta[0]", "Adam", 1.5, UNIT_OPEN)
+    Traceback (most recent call last):
+    ...
+    ValueError: Adam: beta[0]=1.5 is out of range; it must be in [0, 1)
+    """
+    if isinstance(value, Schedule) or value in allowed:
+        return
+    raise ValueError(f"{rule}: {name}={value!r} is out of range; it must be in {allowed}")
+
+
+def check_real(name: str, rule: str, value: Any, allowed: Range | None = None) -> Any:
     """Validate a real hyperparameter and return it as a float.
 
     A :class:`~fluxtrain.core.schedules.Schedule` is returned unchanged (the rule
@@ -192,12 +255,15 @@ def check_real(name: str, rule: str, value: Any) -> Any:
         )
     out = float(value)
     if math.isnan(out):
-        raise ValueError(f"{rule}: {name} is NaN; pass a finite number")
+        where = f"a number in {allowed}" if allowed is not None else "a finite number"
+        raise ValueError(f"{rule}: {name} is NaN; pass {where}")
     return out
 
 
-def check_tuple(name: str, rule: str, value: Any, length: int) -> tuple[float, ...]:
-    """Validate a tuple hyperparameter (``beta``, ``ell``, ``gamma``)."""
+def check_tuple(name: str, rule: str, value: Any, length: int,
+                ranges: dict[str, Range] | None = None) -> tuple[float, ...]:
+    """Validate a tuple hyperparameter (``beta``, ``ell``, ``gamma``); ``ranges`` by
+    element label (``"beta[0]"``) only words the NaN error (see :func:`check_range`)."""
     if not isinstance(value, tuple):
         raise TypeError(
             f"{rule}: {name}={value!r} is not a tuple; pass a tuple of {length} numbers, "
@@ -207,7 +273,9 @@ def check_tuple(name: str, rule: str, value: Any, length: int) -> tuple[float, .
         raise ValueError(
             f"{rule}: {name} must have {length} elements, got {len(value)}: {value!r}"
         )
-    return tuple(check_real(f"{name}[{i}]", rule, v) for i, v in enumerate(value))
+    rs = ranges or {}
+    return tuple(check_real(f"{name}[{i}]", rule, v, rs.get(f"{name}[{i}]"))
+                 for i, v in enumerate(value))
 
 
 def check_bool(name: str, rule: str, value: Any) -> bool:
@@ -226,5 +294,9 @@ def check_int(name: str, rule: str, value: Any) -> int:
 
 
 def check_nonneg_eta(rule: str, eta: Any) -> None:
+    """A negative learning rate is a :class:`~fluxtrain.errors.DomainError` (a ValueError)."""
     if not isinstance(eta, Schedule) and eta < 0:
-        raise DomainError(f"{rule}: the learning rate cannot be negative (got eta={eta!r})")
+        raise DomainError(
+            f"{rule}: the learning rate cannot be negative (got eta={eta!r}); "
+            f"eta must be in {NONNEG}"
+        )

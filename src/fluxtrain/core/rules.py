@@ -32,7 +32,8 @@ import torch
 
 from fluxtrain.core import hyper
 from fluxtrain.core.base import AbstractRule, State, Step, check_param, maywrite
-from fluxtrain.core.hyper import cast, eps_for
+from fluxtrain.core.hyper import ANY, NONNEG, UNIT, UNIT_OPEN, Range, cast, eps_for
+from fluxtrain.core.schedules import Schedule
 from fluxtrain.errors import DomainError, FluxDeprecationWarning
 
 __all__ = [
@@ -132,6 +133,12 @@ def _fsqrt(a: float) -> float:
     return math.sqrt(a) if a >= 0 else math.nan  # also NaN for NaN (comparison is False)
 
 
+#: the ranges of the Adam family's hyperparameters (``docs/numerics.md``)
+_ADAM_RANGES: dict[str, Range] = {
+    "eta": NONNEG, "beta[0]": UNIT_OPEN, "beta[1]": UNIT_OPEN, "epsilon": NONNEG,
+}
+
+
 def _group(keys: Sequence[Hashable]) -> list[list[int]]:
     """Indices grouped by equal key, in first-seen order (for per-leaf scalars)."""
     groups: dict[Hashable, list[int]] = {}
@@ -178,6 +185,8 @@ class Descent(AbstractRule):
 
     eta: float = 0.1
 
+    _ranges: ClassVar[dict[str, Range]] = {"eta": NONNEG}
+
     #: a sparse gradient gives a sparse step, subtracted as torch.optim.SGD adds it
     sparse: ClassVar[bool] = True
 
@@ -209,6 +218,8 @@ class Momentum(AbstractRule):
 
     eta: float = 0.01
     rho: float = 0.9
+
+    _ranges: ClassVar[dict[str, Range]] = {"eta": NONNEG, "rho": UNIT}
 
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
@@ -246,6 +257,8 @@ class Nesterov(AbstractRule):
 
     eta: float = 0.001
     rho: float = 0.9
+
+    _ranges: ClassVar[dict[str, Range]] = {"eta": NONNEG, "rho": UNIT}
 
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
@@ -302,6 +315,8 @@ class RMSProp(AbstractRule):
     rho: float = 0.9
     epsilon: float = 1e-8
     centred: bool = False
+
+    _ranges: ClassVar[dict[str, Range]] = {"eta": NONNEG, "rho": UNIT, "epsilon": NONNEG}
 
     def __init__(
         self,
@@ -394,6 +409,20 @@ class Rprop(AbstractRule):
     ell: tuple[float, float] = (0.5, 1.2)
     gamma: tuple[float, float] = (1e-6, 50.0)
 
+    _ranges: ClassVar[dict[str, Range]] = {
+        "eta": NONNEG, "ell[0]": Range(0.0, 1.0, lo_open=True),
+        "ell[1]": Range(1.0, math.inf, hi_open=True), "gamma[0]": NONNEG, "gamma[1]": NONNEG,
+    }
+
+    def _validate(self) -> None:
+        super()._validate()
+        lo, hi = self.gamma
+        if not isinstance(lo, Schedule) and not isinstance(hi, Schedule) and lo > hi:
+            raise ValueError(
+                f"Rprop: gamma=({lo!r}, {hi!r}) are the (smallest, largest) step sizes, so "
+                "gamma[0] must be at most gamma[1]"
+            )
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         return RpropState(torch.zeros_like(x), torch.full_like(x, cast(self.eta, x.dtype)))
@@ -475,6 +504,8 @@ class Adam(AbstractRule):
     beta: tuple[float, float] = (0.9, 0.999)
     epsilon: float = 1e-8
 
+    _ranges: ClassVar[dict[str, Range]] = _ADAM_RANGES
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         return _adam_init(x, self.beta)
@@ -552,6 +583,8 @@ class Lion(AbstractRule):
     eta: float = 0.001
     beta: tuple[float, float] = (0.9, 0.999)
 
+    _ranges: ClassVar[dict[str, Range]] = {"eta": NONNEG, "beta[0]": UNIT, "beta[1]": UNIT}
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         return torch.zeros_like(x)
@@ -607,6 +640,8 @@ class RAdam(AbstractRule):
     eta: float = 0.001
     beta: tuple[float, float] = (0.9, 0.999)
     epsilon: float = 1e-8
+
+    _ranges: ClassVar[dict[str, Range]] = _ADAM_RANGES
 
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
@@ -696,6 +731,8 @@ class AdaMax(AbstractRule):
     beta: tuple[float, float] = (0.9, 0.999)
     epsilon: float = 1e-8
 
+    _ranges: ClassVar[dict[str, Range]] = _ADAM_RANGES
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         m, u, bt = _adam_init(x, self.beta)
@@ -754,6 +791,8 @@ class OAdam(AbstractRule):
     beta: tuple[float, float] = (0.5, 0.9)
     epsilon: float = 1e-8
 
+    _ranges: ClassVar[dict[str, Range]] = _ADAM_RANGES
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         m, v, bt = _adam_init(x, self.beta)
@@ -804,6 +843,8 @@ class AdaGrad(AbstractRule):
     eta: float = 0.1
     epsilon: float = 1e-8
 
+    _ranges: ClassVar[dict[str, Range]] = {"eta": NONNEG, "epsilon": NONNEG}
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         # Optimisers.jl fills with convert(float(T), epsilon): no float16 floor here
@@ -851,6 +892,8 @@ class AdaDelta(AbstractRule):
 
     rho: float = 0.9
     epsilon: float = 1e-8
+
+    _ranges: ClassVar[dict[str, Range]] = {"rho": UNIT, "epsilon": NONNEG}
 
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
@@ -911,6 +954,8 @@ class AMSGrad(AbstractRule):
     beta: tuple[float, float] = (0.9, 0.999)
     epsilon: float = 1e-8
 
+    _ranges: ClassVar[dict[str, Range]] = _ADAM_RANGES
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         e = cast(self.epsilon, x.dtype)
@@ -953,6 +998,8 @@ class NAdam(AbstractRule):
     eta: float = 0.001
     beta: tuple[float, float] = (0.9, 0.999)
     epsilon: float = 1e-8
+
+    _ranges: ClassVar[dict[str, Range]] = _ADAM_RANGES
 
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
@@ -1015,6 +1062,8 @@ class AdamW(AbstractRule):
     lambda_: float = 0.0
     epsilon: float = 1e-8
     couple: bool = True
+
+    _ranges: ClassVar[dict[str, Range]] = {**_ADAM_RANGES, "lambda_": NONNEG}
 
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
@@ -1091,6 +1140,8 @@ class AdaBelief(AbstractRule):
     beta: tuple[float, float] = (0.9, 0.999)
     epsilon: float = 1e-16
 
+    _ranges: ClassVar[dict[str, Range]] = _ADAM_RANGES
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         m, s, bt = _adam_init(x, self.beta)
@@ -1147,6 +1198,8 @@ class WeightDecay(AbstractRule):
 
     lambda_: float = 5e-4
 
+    _ranges: ClassVar[dict[str, Range]] = {"lambda_": NONNEG}
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         return None
@@ -1183,6 +1236,8 @@ class SignDecay(AbstractRule):
 
     lambda_: float = 1e-3
 
+    _ranges: ClassVar[dict[str, Range]] = {"lambda_": NONNEG}
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         return None
@@ -1207,6 +1262,8 @@ class ClipGrad(AbstractRule):
     """
 
     delta: float = 10.0
+
+    _ranges: ClassVar[dict[str, Range]] = {"delta": NONNEG}
 
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
@@ -1251,6 +1308,8 @@ class ClipNorm(AbstractRule):
     omega: float = 10.0
     p: float = 2.0
     throw: bool = True
+
+    _ranges: ClassVar[dict[str, Range]] = {"omega": NONNEG, "p": ANY}
 
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
@@ -1566,6 +1625,8 @@ class InvDecay(AbstractRule):
 
     gamma: float = 0.001
 
+    _ranges: ClassVar[dict[str, Range]] = {"gamma": NONNEG}
+
     def init(self, x: torch.Tensor) -> State:
         check_param(self, x)
         return 1
@@ -1613,6 +1674,8 @@ class ExpDecay(AbstractRule):
     decay_step: int = 1000
     clip: float = 1e-4
     start: int = 0
+
+    _ranges: ClassVar[dict[str, Range]] = {"eta": NONNEG, "decay": UNIT, "clip": NONNEG}
 
     def _validate(self) -> None:
         super()._validate()
