@@ -79,7 +79,7 @@ def check_sparse(rule: AbstractRule, dxs: Sequence[torch.Tensor]) -> None:
 
 # ---------------------------------------------------------------------------- 16-bit opmath
 def _widen(t: Any, made: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> Any:
-    """``t`` (a state: tensors, (named) tuples, lists, numbers) with every 16-bit tensor
+    """``t`` (a state: tensors, (named) tuples, lists, dicts, numbers) with every 16-bit tensor
     replaced by an opmath copy; ``made[id(copy)] = (copy, original)``."""
     if isinstance(t, torch.Tensor):
         wide = OPMATH.get(t.dtype)
@@ -95,6 +95,8 @@ def _widen(t: Any, made: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> Any:
         return tuple(_widen(e, made) for e in t)
     if type(t) is list:
         return [_widen(e, made) for e in t]
+    if type(t) is dict:
+        return {k: _widen(v, made) for k, v in t.items()}
     return t
 
 
@@ -117,6 +119,8 @@ def _narrow(t: Any, made: dict[int, tuple[torch.Tensor, torch.Tensor]],
         return tuple(_narrow(e, made, back) for e in t)
     if type(t) is list:
         return [_narrow(e, made, back) for e in t]
+    if type(t) is dict:
+        return {k: _narrow(v, made, back) for k, v in t.items()}
     return t
 
 
