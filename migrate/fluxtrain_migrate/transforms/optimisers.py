@@ -276,10 +276,14 @@ class OptimiserRule(Rule):
             return
         target = parent_arg.targets[0].target
         assigns = st.assignments(target)
+        refs: list[Any] = list(assigns[0].references) if len(assigns) == 1 else []
         if len(assigns) != 1:
-            self.mark(c, "FM107", "old optimiser variable assigned more than once: use one "
-                      "opt_state = setup(rule, model) and adjust_")
-            return
+            mine = self._sequential_refs(parent_arg, assigns)
+            if mine is None:
+                self.mark(c, "FM107", "old optimiser variable assigned more than once: use "
+                          "one opt_state = setup(rule, model) and adjust_")
+                return
+            refs = mine
         models: set[str] = set()
         frozen: set[tuple[int, ...]] = set()
         eta_reads: list[cst.Attribute] = []
@@ -290,7 +294,7 @@ class OptimiserRule(Rule):
         adjusts: list[tuple[cst.Assign, str, cst.BaseExpression]] = []
         updates: list[tuple[cst.Call, cst.Name]] = []
         root = self.old_name(c) or ""
-        for ref in assigns[0].references:
+        for ref in refs:
             node = ref.node
             p = st.parent_of(node)
             q = st.parent_of(p) if p is not None else None
@@ -372,7 +376,9 @@ class OptimiserRule(Rule):
             self.rename[id(n)] = new
         eta_var = None
         if eta_init is not None:
-            eta_var = free_name(st, "eta", taken)
+            used = taken_names(st.module) | taken
+            eta_var = next((n for n in ("eta", "lr", "learning_rate") if n not in used),
+                           None) or free_name(st, "eta", taken)
             taken.add(eta_var)
             self.before[id(parent_arg)] = [f"{eta_var} = {eta_init}"]
             for r in eta_reads:
@@ -390,6 +396,36 @@ class OptimiserRule(Rule):
         for q, m in updates:
             self.update_args[id(q)] = m
         self._emit(c, model_node, setup_model)
+
+    def _sequential_refs(self, assign: cst.Assign, assigns: list[Any]) -> list[Any] | None:
+        """The name reused for one optimiser after another (``opt = Momentum()`` ... later
+        ``opt = Optimiser(...)``), every assignment a statement of one block, none inside a
+        loop: the references that see ``assign`` (those after it, before the next one)."""
+        st = self.stage
+        lines = []
+        for a in assigns:
+            node = getattr(a, "node", None)
+            target = st.parent_of(node) if isinstance(node, cst.Name) else None
+            stmt = st.parent_of(target) if isinstance(target, cst.AssignTarget) else None
+            line = st.parent_of(stmt) if isinstance(stmt, cst.Assign) else None
+            if not isinstance(line, cst.SimpleStatementLine):
+                return None
+            lines.append((stmt, line))
+        blocks = {id(st.parent_of(line)) for _s, line in lines}
+        if len(blocks) != 1 or any(isinstance(a, cst.For | cst.While)
+                                   for a in st.ancestors(lines[0][1])):
+            return None
+        ends = sorted((self._end(line), id(stmt)) for stmt, line in lines)
+        mine = []
+        for ref in assigns[0].references:
+            at = st.position(ref.node)[0]
+            owner = None
+            for end, sid in ends:
+                if end < at:
+                    owner = sid
+            if owner == id(assign):
+                mine.append(ref)
+        return mine
 
     def _defined_before(self, name: cst.Name, line: int) -> bool:
         assigns = self.stage.assignments(name)
