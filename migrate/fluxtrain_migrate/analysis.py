@@ -145,8 +145,9 @@ def sequential_part(
 
 
 def implicit_gradient(stage: Stage, call: cst.Call) -> ParamsInfo | None:
-    """``gradient(lambda: ..., ps)`` / ``withgradient(...)``: the ParamsInfo, else None."""
-    if not stage.call_to(call, "gradient", "withgradient"):
+    """``gradient(lambda: ..., ps)`` / ``withgradient(...)`` / ``pullback(...)``: the
+    ParamsInfo, else None."""
+    if not stage.call_to(call, "gradient", "withgradient", "pullback"):
         return None
     pos = positional(call)
     if len(pos) != 2 or len(call.args) != 2:
@@ -180,6 +181,9 @@ def grads_origin(stage: Stage, name: cst.Name) -> tuple[str, cst.Call] | None:
         if isinstance(stmt, cst.Assign) and len(stmt.targets) == 1:
             if isinstance(stmt.value, cst.Call) and stage.call_to(stmt.value, "gradient"):
                 return ("gradient", stmt.value)
+            pb = pullback_of(stage, stmt.value)
+            if pb is not None:
+                return ("pullback", pb)
         return None
     if isinstance(parent, cst.Element):
         tup = stage.parent_of(parent)
@@ -197,6 +201,36 @@ def grads_origin(stage: Stage, name: cst.Name) -> tuple[str, cst.Call] | None:
         ):
             return ("withgradient", stmt.value)
     return None
+
+
+_UNIT_SEEDS = {"1", "1.0", "1.", "torch.tensor(1.0)", "torch.tensor(1)", "torch.tensor(1.)"}
+
+
+def pullback_of(stage: Stage, value: cst.BaseExpression) -> cst.Call | None:
+    """For ``back(1.0)`` where ``loss, back = pullback(f, ps)`` and that call is the only
+    use of ``back`` (seed one, or ``ones_like`` of the loss): the ``pullback`` call."""
+    if not (isinstance(value, cst.Call) and isinstance(value.func, cst.Name)
+            and len(value.args) == 1 and value.args[0].keyword is None
+            and not value.args[0].star):
+        return None
+    back = value.func
+    assigns = stage.assignments(back)
+    if len(assigns) != 1 or len(assigns[0].references) != 1:
+        return None
+    node = getattr(assigns[0], "node", None)
+    element = stage.parent_of(node) if isinstance(node, cst.Name) else None
+    tup = stage.parent_of(element) if isinstance(element, cst.Element) else None
+    target = stage.parent_of(tup) if isinstance(tup, cst.Tuple) else None
+    stmt = stage.parent_of(target) if isinstance(target, cst.AssignTarget) else None
+    if not (isinstance(stmt, cst.Assign) and len(stmt.targets) == 1 and isinstance(tup, cst.Tuple)
+            and len(tup.elements) == 2 and tup.elements[1] is element
+            and isinstance(stmt.value, cst.Call) and stage.call_to(stmt.value, "pullback")):
+        return None
+    seed = code(value.args[0].value).replace(" ", "")
+    loss = code(tup.elements[0].value)
+    if seed not in _UNIT_SEEDS and seed != f"torch.ones_like({loss})":
+        return None
+    return stmt.value
 
 
 def grads_path(

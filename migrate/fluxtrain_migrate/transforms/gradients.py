@@ -12,6 +12,7 @@ from fluxtrain_migrate.analysis import (
     grads_uses_ok,
     implicit_gradient,
     model_accesses,
+    pullback_of,
 )
 from fluxtrain_migrate.common import Rule, positional
 from fluxtrain_migrate.transforms.losses import _names_in, _param_name, closure_def
@@ -37,6 +38,8 @@ class GradientRule(Rule):
         self.unpack: dict[int, int] = {}  # Assign id -> index of grads element
         self.paths: dict[int, list[cst.CSTNode]] = {}
         self.def_param: dict[int, str] = {}  # nested def given to gradient -> its parameter
+        self.pullback_to: dict[int, str] = {}  # ``loss, back = pullback`` Assign -> grads name
+        self.drop: set[int] = set()  # ``g = back(1.0)`` lines
         calls: list[cst.Call] = []
 
         class _V(cst.CSTVisitor):
@@ -78,6 +81,17 @@ class GradientRule(Rule):
                 if is_grad and isinstance(t, cst.Name):
                     gs_name = t
                     self.index0.add(id(c))
+                elif st.call_to(c, "pullback"):
+                    # ``loss, back = pullback(f, ps)`` ... ``g = back(1.0)``:
+                    # ``loss, (g,) = withgradient(f, model)``, the ``back`` line dropped
+                    found = self._pullback_grads(c, parent)
+                    if found is None:
+                        self.mark(c, "FM105", "pullback whose back() is not called once "
+                                  "with a seed of one: write withgradient(f, model)")
+                        continue
+                    gs_name, back_stmt = found
+                    self.pullback_to[id(parent)] = gs_name.value
+                    self.drop.add(id(back_stmt))
                 elif (not is_grad and isinstance(t, cst.Tuple) and len(t.elements) == 2
                       and isinstance(t.elements[1].value, cst.Name)):
                     gs_name = t.elements[1].value
@@ -123,6 +137,43 @@ class GradientRule(Rule):
             self.convert[id(c)] = (model, pname)
             if isinstance(fn, cst.FunctionDef):
                 self.def_param[id(fn)] = pname
+
+    def _pullback_grads(self, c: cst.Call, assign: cst.Assign
+                        ) -> tuple[cst.Name, cst.SimpleStatementLine] | None:
+        """For ``loss, back = pullback(f, ps)``: the name bound by ``g = back(1.0)`` and
+        that line, if ``g`` can be bound at the pullback instead (nothing reads or binds it
+        in between, and both lines are statements of one block)."""
+        st = self.stage
+        t = assign.targets[0].target
+        if not (isinstance(t, cst.Tuple) and len(t.elements) == 2
+                and isinstance(t.elements[1].value, cst.Name)):
+            return None
+        back = t.elements[1].value
+        assigns = st.assignments(back)
+        if len(assigns) != 1 or len(assigns[0].references) != 1:
+            return None
+        call = st.parent_of(next(iter(assigns[0].references)).node)
+        stmt = st.parent_of(call) if isinstance(call, cst.Call) else None
+        line = st.parent_of(stmt) if isinstance(stmt, cst.Assign) else None
+        here = st.parent_of(assign)
+        if not (isinstance(stmt, cst.Assign) and isinstance(line, cst.SimpleStatementLine)
+                and len(line.body) == 1 and len(stmt.targets) == 1
+                and isinstance(stmt.targets[0].target, cst.Name)
+                and isinstance(here, cst.SimpleStatementLine) and len(here.body) == 1
+                and st.parent_of(line) is st.parent_of(here)
+                and pullback_of(st, stmt.value) is c):
+            return None
+        g = stmt.targets[0].target
+        start, end = st.position(here)[0], st.position(line)[0]
+        for a in st.assignments(g):
+            for ref in a.references:
+                if start <= st.position(ref.node)[0] <= end:
+                    return None
+            node = getattr(a, "node", None)
+            if node is not None and node is not g and \
+                    start <= st.position(node)[0] <= end:
+                return None
+        return g, line
 
     def _old_updates(self, gs: cst.Name) -> list[cst.CSTNode]:
         """``update_`` calls fed by ``gs`` whose optimiser was not turned into a state."""
@@ -175,7 +226,28 @@ class GradientRule(Rule):
         return updated_node.with_changes(
             params=updated_node.params.with_changes(params=[cst.Param(cst.Name(pname))]))
 
+    def leave_SimpleStatementLine(self, original_node: cst.SimpleStatementLine,
+                                  updated_node: cst.SimpleStatementLine) -> Any:
+        if id(original_node) in self.drop:
+            self.change(original_node, "back(1.0) -> the gradient withgradient returned")
+            return cst.RemoveFromParent()
+        return updated_node
+
     def leave_Assign(self, original_node: cst.Assign, updated_node: cst.Assign) -> Any:
+        grads = self.pullback_to.get(id(original_node))
+        if grads is not None:
+            t = updated_node.targets[0].target
+            assert isinstance(t, cst.Tuple)
+            els = list(t.elements)
+            els[1] = els[1].with_changes(value=cst.Tuple(
+                elements=[cst.Element(cst.Name(grads), comma=cst.Comma())],
+                lpar=[cst.LeftParen()], rpar=[cst.RightParen()]))
+            value = updated_node.value
+            assert isinstance(value, cst.Call)
+            func = self.stage.style.api("withgradient", self.ctx)
+            return updated_node.with_changes(
+                targets=[updated_node.targets[0].with_changes(target=t.with_changes(
+                    elements=els))], value=value.with_changes(func=func))
         if id(original_node) not in self.unpack:
             return updated_node
         t = updated_node.targets[0].target
