@@ -4,9 +4,12 @@ Property: every fixture (``tests/migrate/fixtures/*/*.before.py`` that runs unch
 most fixtures are snippets that do not, and are skipped, detected at test time), every
 example (``examples/*.py``, ``examples/explicit/*.py``) and every corpus script
 (``tests/corpus/*.py``), run before and after ``migrate_bytes``, markers or not, exits
-0 both times, prints the same stdout (warning lines aside) and leaves the same trace
-(compare's verdict on the two runs: IDENTICAL; for a runnable fixture that trains
-nothing, no step and no tensor on either side is the same trace too).
+0 both times, leaves the same trace (compare's verdict on the two runs: IDENTICAL; for
+a runnable fixture that trains nothing, no step and no tensor on either side is the same
+trace too) and prints the same stdout (warning lines aside, object addresses blanked).
+A script whose stdout differs between two runs of the original (a wall-clock
+``throttle``: ``examples/autoencoder_epochs.py``) is skipped after its trace check:
+its stdout cannot judge the migration.
 
 The runs are shared with ``test_corpus.py`` (``scripts/corpus_tally.py``'s cache): a
 corpus script runs twice in a session that collects both. Slow:
@@ -68,7 +71,6 @@ def test_migration_keeps_stdout_and_trace(script: Path) -> None:
     assert o.migrated.ok, (
         f"BROKEN BY MIGRATION: {o.migrated.failure()}\n{o.migrated.stderr_tail()}\n"
         + "\n".join(f"marker line {m.line} {m.code}: {m.message}" for m in o.migration.markers))
-    assert o.stdout_same, o.stdout_diff()
     v = o.verdict
     assert v is not None
     if v.exit_code == tally.compare.EXIT_FAILED:
@@ -77,3 +79,7 @@ def test_migration_keeps_stdout_and_trace(script: Path) -> None:
         assert not o.original.final and not o.migrated.final, v.message
     else:
         assert o.identical, tally.compare.format_result(v, "before", "after")
+    if not o.stdout_same and not o.stdout_stable():
+        pytest.skip("same trace; stdout differs between two runs of the original "
+                    "(wall-clock throttle), so it cannot judge the migration")
+    assert o.stdout_same, o.stdout_diff()
