@@ -10,12 +10,13 @@ MARKER_PREFIX = "# TODO(fluxtrain-migrate "
 MARKERS: dict[str, str] = {
     "FM101": "implicit Params used here; use the model itself, or trainables(model) "
     "for a list of its parameters",
-    "FM102": "params() of a part of a model or of several models: call setup on the "
-    "whole model and freeze_ the parts that must not train",
+    "FM102": "params(...) that cannot become an explicit model (several pieces written "
+    "inline, a * argument, or bound more than once): bind ps = (a, b) once and use it as "
+    "the model",
     "FM103": "cannot tell which model these params hold (reassigned, or not a direct "
     "params(model) binding); rewrite this step by hand",
-    "FM104": "this loss reads a global model but cannot be rewritten safely (used with "
-    "several models or passed around as a value); give it the model as first parameter",
+    "FM104": "the loss of this train_ is not a function of this file; give it the model "
+    "as first parameter",
     "FM105": "implicit gradient not convertible: write gradient(lambda m: ..., model)[0]",
     "FM106": "lookup into implicit Grads not resolvable to a path in the gradient tree; "
     "use the field path (grads.layer.weight)",

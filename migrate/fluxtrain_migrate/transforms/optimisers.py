@@ -92,7 +92,7 @@ class OptimiserRule(Rule):
             if st.call_to(c, "update_") and id(c) not in self.update_args:
                 pos = positional(c)
                 if len(pos) == 3 and params_info(st, pos[1].value).status != "none":
-                    self.mark(c, "FM108")
+                    self.mark(c, "FM108", self._why_not(pos[0].value))
                 elif len(pos) == 3 and self.old_name(pos[0].value) is None:
                     f = pos[0].value
                     if isinstance(f, cst.Name) and id(f) not in self.rename:
@@ -214,6 +214,16 @@ class OptimiserRule(Rule):
         if isinstance(result, cst.FlattenSentinel):
             return cst.FlattenSentinel([*result.nodes, *new])
         return cst.FlattenSentinel([result, *new])
+
+    def _why_not(self, opt: cst.BaseExpression) -> str | None:
+        """A specific reason for an ``update_`` whose optimiser is not converted."""
+        if isinstance(opt, cst.Name):
+            assigns = self.stage.assignments(opt)
+            if any(isinstance(getattr(a, "node", None), cst.Param) for a in assigns):
+                return (f"the optimiser {opt.value} is a parameter of this function: make "
+                        "opt_state = setup(rule, model) where the optimiser is built and "
+                        "pass opt_state in")
+        return None
 
     def _is_old_binding(self, name: cst.Name) -> bool:
         value = self.stage.binding_value(name)
