@@ -53,7 +53,40 @@ tally = _load_tally()
 SCRIPTS = tally.corpus_scripts()
 
 #: Corpus scripts that keep a marker: {file name: why a person must port it by hand}.
-MARKERS_ALLOWED: dict[str, str] = {}
+#: Each is an idiom the codemod does not convert yet (issue 20 stays open for them); the
+#: group is left as it was under one marker, and the script still runs identically.
+MARKERS_ALLOWED: dict[str, str] = {
+    "blog_motion_of_charges.py": "update_ of attributes of a list's elements "
+    "(env[j].pos with gs[0][j].pos): no model to set up",
+    "docs_advanced_freeze.py": "params(m[0], m[4:]) written inline in train_",
+    "docs_basics_gradient.py": "params(x, y) written inline in gradient",
+    "docs_optimisers_custom_momentum.py": "a user-defined AbstractOptimiser subclass has "
+    "no new-style rule to translate to",
+    "docs_optimisers_expdecay.py": "Params([w, w1]) rebuilt and the gradient taken in a loop",
+    "docs_optimisers_update.py": "update_(p, eta * grads[p]) per parameter in a loop",
+    "docs_overview.py": "membership test on Params (predict.weight in parameters)",
+    "docs_training_custom_loop.py": "Params passed into a user-written train function",
+    "docs_training_pullback.py": "Params passed into a user-written train function",
+    "fluxtests_complex.py": "gradient of a function passed by name that takes arguments",
+    "fluxtests_expdecay.py": "the old optimiser's fields and apply_ are read directly",
+    "fluxtests_optimise.py": "params([w, b]) rebuilt per optimiser in a loop",
+    "fluxtests_optimiser_chain.py": "a user-defined optimiser as a member of an Optimiser",
+    "fluxtests_training_loop.py": "Params([]) written inline in train_",
+    "pkg_bifurcation_train_patch.py": "a package patching fluxtrain.train_ itself",
+    "pkg_mljflux_core.py": "Params and optimiser passed into a package's fit function",
+    "research_cirobr_trainmodel.py": "Params passed into a user-written train function",
+    "research_detector_train.py": "gradient of a nested def that takes arguments",
+    "so_params_vcat.py": "Params built from a list of slices inside a function",
+    "tutorial_blitz_gradients.py": "the gradient variable assigned more than once",
+    "tutorial_vanilla_gan.py": "optimisers passed into the step functions (GAN pattern)",
+    "zoo_60_minute_blitz.py": "the model name reassigned between trainings and grads[p] "
+    "per parameter",
+    "zoo_cgan_mnist.py": "optimisers passed into the step functions (GAN pattern)",
+    "zoo_dcgan_mnist.py": "optimisers passed into the step functions (GAN pattern)",
+    "zoo_housing.py": "update_(x, g[x] * eta) per parameter in a loop",
+    "zoo_spatial_transformer.py": "Params and optimiser passed into a user-written train "
+    "function",
+}
 
 
 def _ids(p: Path) -> str:
