@@ -87,7 +87,7 @@ def _remove_unused(module: cst.Module, names: set[str], added: bool = False) -> 
                     unused.add(id(alias))
 
     class _T(cst.CSTTransformer):
-        def leave_Import(self, original_node: cst.Import, updated_node: cst.Import) -> Any:
+        def _without_unused(self, original_node: Any, updated_node: Any) -> Any:
             keep = [new for old, new in zip(original_node.names, updated_node.names)
                     if id(old) not in unused]
             if len(keep) == len(original_node.names):
@@ -97,19 +97,15 @@ def _remove_unused(module: cst.Module, names: set[str], added: bool = False) -> 
             keep[-1] = keep[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
             return updated_node.with_changes(names=keep)
 
+        def leave_Import(self, original_node: cst.Import, updated_node: cst.Import) -> Any:
+            return self._without_unused(original_node, updated_node)
+
         def leave_ImportFrom(self, original_node: cst.ImportFrom,
                              updated_node: cst.ImportFrom) -> Any:
             if isinstance(original_node.names, cst.ImportStar) or isinstance(
                     updated_node.names, cst.ImportStar):
                 return updated_node
-            keep = [new for old, new in zip(original_node.names, updated_node.names)
-                    if id(old) not in unused]
-            if len(keep) == len(original_node.names):
-                return updated_node
-            if not keep:
-                return cst.RemoveFromParent()
-            keep[-1] = keep[-1].with_changes(comma=cst.MaybeSentinel.DEFAULT)
-            return updated_node.with_changes(names=keep)
+            return self._without_unused(original_node, updated_node)
 
     return module.visit(_T())
 
