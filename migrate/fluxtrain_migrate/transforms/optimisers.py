@@ -286,6 +286,9 @@ class OptimiserRule(Rule):
             return
         target = parent_arg.targets[0].target
         assigns = st.assignments(target)
+        if any(st.is_setup(st.parent_of(st.parent_of(r.node) or r.node) or r.node)
+               for a in assigns for r in a.references):
+            return  # already given to setup (the explicit style; a second run)
         refs: list[Any] = list(assigns[0].references) if len(assigns) == 1 else []
         if len(assigns) != 1:
             mine = self._sequential_refs(parent_arg, assigns)
