@@ -65,7 +65,11 @@ def _clean_afters() -> list[Path]:
 def test_emitted_names_exist_in_the_explicit_api(after):
     import importlib
 
-    for module, name in _emitted_names(ast.parse(after.read_text())):
+    before = after.with_name(after.name.replace(".after.py", ".before.py"))
+    # what the migration added; an old optimiser the script builds itself and hands to
+    # setup (an optimiser built in steps or by a factory) is the script's, not emitted
+    kept = _emitted_names(ast.parse(before.read_text()))
+    for module, name in _emitted_names(ast.parse(after.read_text())) - kept:
         if name.startswith("__"):
             continue
         mod = importlib.import_module(module)
