@@ -93,14 +93,7 @@ def pullback_explicit(f: Any, *args: Any) -> tuple[Any, Any]:
     >>> y.item(), back(1.0), back(2.0)
     (9.0, (tensor([6.]),), (tensor([12.]),))
     """
-    firsts: dict[int, torch.Tensor] = {}
-    keep: list[Any] = []
-    numpy_tensors: dict[int, tuple[Any, Any]] = {}
-    for a in args:
-        _find(a, True, firsts, keep, numpy_tensors)
-    call_args = (
-        tuple(_substitute(a, numpy_tensors, {}) for a in args) if numpy_tensors else args
-    )
+    firsts, _keep, call_args = _leaves(args)  # _keep: leaf objects alive while ids are used
     tensors = [t for t in firsts.values() if not t.is_inference()]
     toggled = [t for t in tensors if not t.requires_grad]
     try:
@@ -127,10 +120,7 @@ def pullback_explicit(f: Any, *args: Any) -> tuple[Any, Any]:
             finally:
                 for t in toggled:
                     t.requires_grad_(False)
-        by_id = {id(t): g for t, g in zip(tensors, gs)}
-        grads_of: dict[int, Any] = {key: by_id.get(id(t)) for key, t in firsts.items()}
-        seen: set[int] = set()
-        return tuple(_mirror_grad(a, True, grads_of, seen)[0] for a in args)
+        return _grad_trees(args, firsts, tensors, gs)
 
     return (out.detach() if isinstance(out, torch.Tensor) else out), back
 
@@ -138,14 +128,7 @@ def pullback_explicit(f: Any, *args: Any) -> tuple[Any, Any]:
 def _differentiate(f: Any, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
     """``f(*args)`` as returned, and the gradient tree of each argument."""
     # 1. find the trainable leaves (first occurrence wins), give numpy leaves tensors
-    firsts: dict[int, torch.Tensor] = {}  # id(leaf object) -> tensor to differentiate
-    keep: list[Any] = []  # keep leaf objects alive while ids are in use
-    numpy_tensors: dict[int, tuple[Any, Any]] = {}
-    for a in args:
-        _find(a, True, firsts, keep, numpy_tensors)
-    call_args = (
-        tuple(_substitute(a, numpy_tensors, {}) for a in args) if numpy_tensors else args
-    )
+    firsts, _keep, call_args = _leaves(args)  # _keep: leaf objects alive while ids are used
     tensors = [t for t in firsts.values() if not t.is_inference()]
     toggled = [t for t in tensors if not t.requires_grad]
     # 2. run f and differentiate, restoring requires_grad afterwards
@@ -163,11 +146,32 @@ def _differentiate(f: Any, args: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]
     finally:
         for t in toggled:
             t.requires_grad_(False)
-    by_id = {id(t): g for t, g in zip(tensors, gs)}
     # 3. gradient trees shaped like the arguments
+    return out, _grad_trees(args, firsts, tensors, gs)
+
+
+def _leaves(args: tuple[Any, ...]) -> tuple[dict[int, torch.Tensor], list[Any], tuple[Any, ...]]:
+    """The trainable leaves of ``args`` (id of the leaf object -> tensor to differentiate,
+    first occurrence wins), the leaf objects (kept alive while their ids are in use), and
+    the arguments to call ``f`` with (numpy leaves replaced by tensors)."""
+    firsts: dict[int, torch.Tensor] = {}
+    keep: list[Any] = []
+    numpy_tensors: dict[int, tuple[Any, Any]] = {}
+    for a in args:
+        _find(a, True, firsts, keep, numpy_tensors)
+    call_args = (
+        tuple(_substitute(a, numpy_tensors, {}) for a in args) if numpy_tensors else args
+    )
+    return firsts, keep, call_args
+
+
+def _grad_trees(args: tuple[Any, ...], firsts: dict[int, torch.Tensor],
+                tensors: list[torch.Tensor], gs: tuple[Any, ...]) -> tuple[Any, ...]:
+    """One gradient tree per argument, from the gradients ``gs`` of ``tensors``."""
+    by_id = {id(t): g for t, g in zip(tensors, gs)}
     grads_of: dict[int, Any] = {key: by_id.get(id(t)) for key, t in firsts.items()}
     seen: set[int] = set()
-    return out, tuple(_mirror_grad(a, True, grads_of, seen)[0] for a in args)
+    return tuple(_mirror_grad(a, True, grads_of, seen)[0] for a in args)
 
 
 def _check_loss(loss: Any) -> None:
