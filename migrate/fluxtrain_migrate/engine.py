@@ -182,7 +182,7 @@ def _mark_groups(module: cst.Module, excluded: set[str],
         if not comp & excluded:
             continue
         protected = groups.protected_statements(comp)
-        stmts = [n for n in _statements_by_id(module, set(protected))]
+        stmts = [n for n in groups.statements if id(n) in protected]
         if not stmts:
             continue
         first = min(stmts, key=stage.position)
@@ -216,19 +216,6 @@ def group_marker(comp: set[str], why: list[tuple[frozenset[str], str, str, str]]
     detail = seen[0] if seen else MARKERS["FM111"]
     return marker_text(mcode, f"{shown} left in the implicit style, all together so that "
                        f"the script still runs: {detail}")
-
-
-def _statements_by_id(module: cst.Module, ids: set[int]) -> list[cst.CSTNode]:
-    found: list[cst.CSTNode] = []
-
-    class _V(cst.CSTVisitor):
-        def on_visit(self, node: cst.CSTNode) -> bool:
-            if id(node) in ids:
-                found.append(node)
-            return True
-
-    module.visit(_V())
-    return found
 
 
 class _Commenter(cst.CSTTransformer):

@@ -37,9 +37,10 @@ class Groups:
         self._parent: dict[str, str] = {}
         self.entities: set[str] = set()
         self._scope_keys: dict[int, str] = {}
-        statements = list(_statements(stage.module))
-        self._find_entities(statements)
-        for stmt in statements:
+        #: every statement of the tree, outer before inner, in source order
+        self.statements: list[cst.CSTNode] = _statements(stage.module)
+        self._find_entities(self.statements)
+        for stmt in self.statements:
             keys = self.statement_keys(stmt)
             if isinstance(stmt, cst.FunctionDef | cst.ClassDef):
                 own = self.key_of_def(stmt)
@@ -215,7 +216,7 @@ class Groups:
         out: dict[int, set[str]] = {}
         if not keys:
             return out
-        for stmt in _statements(self.stage.module):
+        for stmt in self.statements:
             touched = self.statement_keys(stmt)
             if isinstance(stmt, cst.FunctionDef | cst.ClassDef):
                 own = self.key_of_def(stmt)
@@ -227,7 +228,7 @@ class Groups:
         return out
 
 
-def _statements(module: cst.Module) -> Iterable[cst.CSTNode]:
+def _statements(module: cst.Module) -> list[cst.CSTNode]:
     found: list[cst.CSTNode] = []
 
     class _S(cst.CSTVisitor):
